@@ -1,0 +1,85 @@
+"""How long to wait before trying again: the retry policy and the server's wait hints."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+__all__ = ["RetryPolicy", "parse_wait_hint"]
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When and how long to retry a failed request.
+
+    Retried: server errors, connection failures, timeouts and 429s whose wait hint is at most
+    ``max_wait`` seconds. A longer hint (a per-contact daily quota) fails at once with that hint.
+    """
+
+    max_retries: int = attrs.field(default=3, validator=_non_negative)
+    backoff_base: float = attrs.field(default=0.5, validator=_non_negative)
+    backoff_cap: float = attrs.field(default=30.0, validator=_non_negative)
+    jitter: bool = True
+    max_wait: float = attrs.field(default=60.0, validator=_non_negative)
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based) when the server gave no hint.
+
+        Full jitter (a random point below the exponential bound) keeps a crowd of clients that
+        failed together from coming back together.
+        """
+        bound = min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1))
+        return random.uniform(0, bound) if self.jitter else bound  # noqa: S311
+
+
+_WINDOW = re.compile(r"for (\d+) second")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_wait_hint(headers: Mapping[str, str], payload: Any) -> float | None:
+    """Seconds the server asks us to wait, from whichever hint it sent, or None.
+
+    Reads ``Retry-After`` (seconds or an HTTP date), the gateway's ``retry-after-quotas`` and the
+    account service's ``remaining_time``. RD documents ``remaining_time`` as milliseconds but sends
+    seconds; it is read as seconds unless it exceeds the window the message names.
+    """
+    for name in ("retry-after-quotas", "retry-after"):
+        value = headers.get(name)
+        if value:
+            seconds = _header_seconds(value)
+            if seconds is not None:
+                return seconds
+    if isinstance(payload, Mapping):
+        remaining = payload.get("remaining_time")
+        if isinstance(remaining, int | float) and not isinstance(remaining, bool):
+            seconds = float(remaining)
+            message = payload.get("error")
+            window = _WINDOW.search(message) if isinstance(message, str) else None
+            if window and seconds > int(window.group(1)):
+                seconds /= 1000
+            return max(seconds, 0.0)
+    return None
+
+
+def _header_seconds(value: str) -> float | None:
+    number = _NUMBER.match(value.strip())
+    if number:
+        return float(number.group())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
