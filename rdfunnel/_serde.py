@@ -23,17 +23,22 @@ ClearOwnerAs = Literal["string", "null"]
 
 try:  # orjson is optional (extra "fast"): same results, less CPU.
     import orjson
-
-    def dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
-
-    loads = orjson.loads
 except ImportError:  # pragma: no cover - exercised when the extra is absent
+    orjson = None  # type: ignore[assignment]
 
-    def dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
-    loads = json.loads
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes for a request body."""
+    if orjson is not None:
+        return orjson.dumps(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(data: bytes) -> Any:
+    """Decode a JSON body; raises ValueError when it is not JSON."""
+    if orjson is not None:
+        return orjson.loads(data)
+    return json.loads(data)
 
 
 converter = cattrs.Converter()
@@ -92,7 +97,7 @@ converter.register_unstructure_hook(FunnelUpdate, _unstructure_update)
 
 
 def funnel_from_json(payload: Any) -> Funnel:
-    """A :class:`Funnel` from a decoded response body; a non-object body reads as an empty funnel."""
+    """A :class:`Funnel` from a decoded body; a body that is not an object reads as empty."""
     return converter.structure(payload if isinstance(payload, dict) else {}, Funnel)
 
 

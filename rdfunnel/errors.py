@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal
+
+from multidict import CIMultiDict
 
 from .retry import parse_wait_hint
 
@@ -78,9 +79,9 @@ class APIError(RDStationError):
         self.status = status
         self.error_types = error_types
         self.messages = messages
-        self.details: FieldErrors = MappingProxyType(dict(details or {}))
+        self.details: FieldErrors = dict(details or {})
         self.body = body
-        self.headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
+        self.headers: Mapping[str, str] = CIMultiDict(headers or {})
         super().__init__(self._describe())
 
     @property
@@ -110,7 +111,7 @@ def _rebuild(cls: type[APIError], state: dict[str, Any]) -> APIError:
 
 
 class BadRequestError(APIError):
-    """The request was refused as invalid (400, 413, 414, 415, 422); ``details`` says why, per field."""
+    """The request was refused as invalid (400, 413-415, 422); ``details`` says why, per field."""
 
 
 class AuthenticationError(APIError):

@@ -50,7 +50,9 @@ MAX_OWNER_EMAIL_LENGTH: Final = 100
 
 # RFC 5322 dot-atom (unquoted local parts) widened by RFC 6531 to any non-ASCII character.
 _ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+"
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LABEL = (
+    r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+)
 _EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
 
 
@@ -71,7 +73,7 @@ def _email_problem(value: str) -> str | None:
 
 
 def check_email(value: object, what: str = "email") -> str:
-    """Return ``value`` when it is an address RD can store, else raise a ValidationError naming it."""
+    """Return ``value`` if it is an address RD can store, else raise a ValidationError naming it."""
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, got {value!r}")
     problem = _email_problem(value)
@@ -134,9 +136,7 @@ def _to_stage(value: LifecycleStage | str | NotSet) -> LifecycleStage | NotSet:
         return LifecycleStage(value)
     except ValueError:
         options = ", ".join(repr(stage.value) for stage in LifecycleStage)
-        raise ValidationError(
-            f"lifecycle_stage {value!r} is not one of {options}"
-        ) from None
+        raise ValidationError(f"lifecycle_stage {value!r} is not one of {options}") from None
 
 
 def _check_opportunity(_: object, __: object, value: object) -> None:
@@ -165,7 +165,7 @@ class FunnelUpdate:
 
     lifecycle_stage: LifecycleStage | NotSet = attrs.field(default=NOT_SET, converter=_to_stage)
     opportunity: bool | NotSet = attrs.field(default=NOT_SET, validator=_check_opportunity)
-    contact_owner_email: str | None | NotSet = attrs.field(default=NOT_SET, validator=_check_owner)
+    contact_owner_email: str | NotSet | None = attrs.field(default=NOT_SET, validator=_check_owner)
 
     def __attrs_post_init__(self) -> None:
         if (

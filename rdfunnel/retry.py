@@ -14,11 +14,6 @@ import attrs
 __all__ = ["RetryPolicy", "parse_wait_hint"]
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """When and how long to retry a failed request.
@@ -27,11 +22,11 @@ class RetryPolicy:
     ``max_wait`` seconds. A longer hint (a per-contact daily quota) fails at once with that hint.
     """
 
-    max_retries: int = attrs.field(default=3, validator=_non_negative)
-    backoff_base: float = attrs.field(default=0.5, validator=_non_negative)
-    backoff_cap: float = attrs.field(default=30.0, validator=_non_negative)
+    max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    backoff_base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    backoff_cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     jitter: bool = True
-    max_wait: float = attrs.field(default=60.0, validator=_non_negative)
+    max_wait: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based) when the server gave no hint.
@@ -40,7 +35,7 @@ class RetryPolicy:
         failed together from coming back together.
         """
         bound = min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1))
-        return random.uniform(0, bound) if self.jitter else bound  # noqa: S311
+        return random.uniform(0, bound) if self.jitter else bound
 
 
 _WINDOW = re.compile(r"for (\d+) second")

@@ -1,0 +1,219 @@
+"""The request pipeline, the only code that sends API requests.
+
+rate gate → token → aiohttp → classify → retry. Auth and retries live here rather than in aiohttp
+client middlewares so that aioresponses (which patches inside them) sees every attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from asyncio import sleep
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ._auth import TokenSource
+from ._serde import dumps, loads
+from .errors import (
+    APIError,
+    RateLimitError,
+    RDStationError,
+    RequestTimeoutError,
+    TransportError,
+    UnexpectedStatusError,
+    error_from_response,
+)
+from .ratelimit import RateLimiter
+from .retry import RetryPolicy
+
+__all__ = ["Transport"]
+
+logger = logging.getLogger("rdfunnel")
+
+
+class Transport:
+    """Sends one client's requests: owns (or borrows) the session; applies auth, retries, limits."""
+
+    __slots__ = (
+        "_auth_header",
+        "_base_url",
+        "_closed",
+        "_limiter",
+        "_owns_session",
+        "_retry",
+        "_session",
+        "_timeout",
+        "_tokens",
+        "_user_agent",
+    )
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        tokens: TokenSource,
+        retry: RetryPolicy,
+        timeout: float | None,
+        limiter: RateLimiter,
+        user_agent: str,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        self._retry = retry
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limiter = limiter
+        self._user_agent = user_agent
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        self._auth_header: tuple[str, dict[str, str]] = ("", {})
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def tokens(self) -> TokenSource:
+        return self._tokens
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session, created on first use so that it belongs to the running event loop."""
+        if self._closed:
+            raise RDStationError(
+                "this RDStation client is closed; create a new one to send requests"
+            )
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if it is ours; a caller's session is left open for the caller."""
+        self._closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _headers(self, token: str) -> dict[str, str]:
+        cached_token, headers = self._auth_header
+        if cached_token != token:
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "User-Agent": self._user_agent,
+            }
+            self._auth_header = (token, headers)
+        return headers
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        encoded: bool = True,
+    ) -> tuple[Any, int]:
+        """Send one API request until it succeeds or fails for good.
+
+        Returns the decoded JSON body (None when empty) and how many times it was sent. ``path``
+        is taken as already percent-encoded unless ``encoded`` is False. Raised errors carry
+        ``attempts``.
+        """
+        session = self.session
+        url = URL(self._base_url + path, encoded=encoded)
+        data = None if json is None else dumps(json)
+        attempts = retries = 0
+        replayed = False
+        while True:
+            await self._limiter.acquire()
+            token = await self._tokens.access_token(session)
+            attempts += 1
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=self._headers(token),
+                    timeout=self._timeout,
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    if status < 300:
+                        return _decode(status, response.headers, body), attempts
+                    error: RDStationError = error_from_response(status, response.headers, body)
+            except TimeoutError:
+                error = RequestTimeoutError(
+                    f"{method} {url.path} got no answer within {self._timeout.total} s"
+                )
+            except aiohttp.ClientError as exc:
+                error = TransportError(f"{method} {url.path} failed: {type(exc).__name__}: {exc}")
+            except RDStationError as exc:
+                exc.attempts = attempts
+                raise
+
+            if isinstance(error, APIError) and error.status == 401 and not replayed:
+                replayed = True  # RD's advice: any 401 means "refresh once, replay once"
+                try:
+                    refreshed = await self._tokens.refresh(session, token)
+                except RDStationError as exc:
+                    exc.attempts = attempts
+                    raise
+                if refreshed:
+                    continue
+            wait = await self._wait_before_retry(error, retries)
+            if wait is None:
+                error.attempts = attempts
+                raise error
+            retries += 1
+            logger.info(
+                "retrying %s %s in %.2f s (retry %d of %d) after %s",
+                method,
+                url.path,
+                wait,
+                retries,
+                self._retry.max_retries,
+                _reason(error),
+            )
+            if wait > 0:
+                await sleep(wait)
+
+    async def _wait_before_retry(self, error: RDStationError, retries: int) -> float | None:
+        """Seconds to wait before the next try, or None when ``error`` should surface now."""
+        if not error.retryable or retries >= self._retry.max_retries:
+            return None
+        if not isinstance(error, RateLimitError):
+            return self._retry.backoff(retries + 1)
+        hint = error.retry_after
+        if hint is not None and hint > self._retry.max_wait:
+            return None  # e.g. a per-contact daily quota: hours away, fail now with the hint
+        wait = hint if hint is not None else self._retry.backoff(retries + 1)
+        if error.scope == "account":
+            await self._limiter.pause(wait)  # hold every request of this client, not just ours
+            return 0.0
+        return wait
+
+
+def _decode(status: int, headers: Mapping[str, str], body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return loads(body)
+    except ValueError:
+        raise UnexpectedStatusError(
+            status,
+            messages=("the response body is not JSON",),
+            body=body.decode("utf-8", "replace"),
+            headers=headers,
+        ) from None
+
+
+def _reason(error: RDStationError) -> str:
+    if isinstance(error, APIError):
+        return f"HTTP {error.status}"
+    return type(error).__name__

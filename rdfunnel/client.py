@@ -1,0 +1,193 @@
+"""``RDStation``, the client, and its ``funnels`` resource."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from .__about__ import __version__
+from ._auth import StaticToken, TokenSource
+from ._serde import ClearOwnerAs, funnel_from_json, update_to_json
+from ._transport import Transport
+from .errors import ValidationError
+from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
+from .ratelimit import LocalRateLimiter, RateLimiter
+from .retry import RetryPolicy
+
+__all__ = ["DEFAULT_BASE_URL", "Funnels", "RDStation"]
+
+DEFAULT_BASE_URL = "https://api.rd.services"
+USER_AGENT = f"rdfunnel/{__version__}"
+
+
+class RDStation:
+    """An RD Station Marketing client: one per application, shared by every task.
+
+    Use it as ``async with RDStation(...) as rd:`` or call :meth:`close` when done. The aiohttp
+    session is created on first use, inside the running event loop; pass ``session=`` to use your
+    own (rdfunnel never closes it).
+    """
+
+    def __init__(
+        self,
+        *,
+        access_token: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        session: aiohttp.ClientSession | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = 30.0,
+        max_rate: float | None = None,
+        rate_limiter: RateLimiter | None = None,
+        clear_owner_as: ClearOwnerAs = "string",
+    ) -> None:
+        base_url = check_base_url(base_url)
+        if clear_owner_as not in ("string", "null"):
+            raise ValidationError(
+                f"clear_owner_as must be 'string' or 'null', got {clear_owner_as!r}"
+            )
+        if rate_limiter is not None and max_rate is not None:
+            raise ValidationError("pass either max_rate or rate_limiter, not both")
+        if not access_token:
+            raise ValidationError("RDStation needs credentials: pass access_token=")
+        tokens: TokenSource = StaticToken(access_token)
+        self._transport = Transport(
+            base_url=base_url,
+            tokens=tokens,
+            retry=retry or RetryPolicy(),
+            timeout=timeout,
+            limiter=rate_limiter or LocalRateLimiter(max_rate),
+            user_agent=USER_AGENT,
+            session=session,
+        )
+        self.funnels = Funnels(self._transport, clear_owner_as)
+
+    def __repr__(self) -> str:
+        return f"RDStation(base_url={self._transport.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client's own session. Further calls raise a clear error."""
+        await self._transport.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Call any other RD Station endpoint with the same auth, retries, limits and errors.
+
+        ``path`` starts with ``/`` and is relative to ``base_url``; returns the decoded JSON body.
+        """
+        if not path.startswith("/"):
+            raise ValidationError(f"path must start with '/', got {path!r}")
+        payload, _ = await self._transport.send(
+            method.upper(), path, json=json, params=params, encoded=False
+        )
+        return payload
+
+    async def account_info(self) -> dict[str, Any]:
+        """The account's details: a cheap way to check that the credentials work."""
+        payload = await self.request("GET", "/marketing/account_info")
+        return payload if isinstance(payload, dict) else {}
+
+
+class Funnels:
+    """``rd.funnels``: read and change where contacts stand in the funnel."""
+
+    __slots__ = ("_clear_owner_as", "_transport")
+
+    def __init__(self, transport: Transport, clear_owner_as: ClearOwnerAs) -> None:
+        self._transport = transport
+        self._clear_owner_as = clear_owner_as
+
+    async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
+        """Where ``contact`` stands in ``funnel``."""
+        payload, _ = await self._transport.send("GET", funnel_path(contact, funnel))
+        return funnel_from_json(payload)
+
+    async def update(
+        self,
+        contact: Contact | str,
+        update: FunnelUpdate | None = None,
+        *,
+        funnel: str = "default",
+        lifecycle_stage: LifecycleStage | str | NotSet = NOT_SET,
+        opportunity: bool | NotSet = NOT_SET,
+        contact_owner_email: str | NotSet | None = NOT_SET,
+    ) -> Funnel:
+        """Change only what is given, as a :class:`FunnelUpdate` or as its fields.
+
+        ``contact_owner_email=None`` clears the owner. Returns the funnel as RD stored it.
+        """
+        fields = (lifecycle_stage, opportunity, contact_owner_email)
+        if update is None:
+            update = FunnelUpdate(
+                lifecycle_stage=lifecycle_stage,
+                opportunity=opportunity,
+                contact_owner_email=contact_owner_email,
+            )
+        elif any(field is not NOT_SET for field in fields):
+            raise ValidationError("pass either a FunnelUpdate or its fields as keywords, not both")
+        funnel_state, _ = await self._apply(contact, update, funnel=funnel)
+        return funnel_state
+
+    async def _apply(
+        self, contact: Contact | str, update: FunnelUpdate, *, funnel: str = "default"
+    ) -> tuple[Funnel, int]:
+        """Send one update; return the stored funnel and how many attempts it took."""
+        if not isinstance(update, FunnelUpdate):
+            raise ValidationError(f"update must be a FunnelUpdate, got {update!r}")
+        path = funnel_path(contact, funnel)
+        body = update_to_json(update, self._clear_owner_as)
+        payload, attempts = await self._transport.send("PUT", path, json=body)
+        return funnel_from_json(payload), attempts
+
+
+def funnel_path(contact: Contact | str, funnel: str) -> str:
+    """``/platform/contacts/email:<value>/funnels/<funnel>``, percent-encoded as RD expects."""
+    if not funnel or not isinstance(funnel, str):
+        raise ValidationError(f"funnel must be a non-empty name, got {funnel!r}")
+    segment = Contact.parse(contact).path_segment
+    return f"/platform/contacts/{segment}/funnels/{quote(funnel, safe='')}"
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def check_base_url(base_url: str) -> str:
+    """Accept https URLs, and http only for loopback hosts (tests, the fake server)."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "https" and parts.hostname:
+        return base_url
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return base_url
+    raise ValidationError(
+        f"base_url {base_url!r} must be an https:// URL (http:// only for loopback hosts)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
