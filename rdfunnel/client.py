@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
@@ -14,6 +15,7 @@ from .__about__ import __version__
 from ._auth import StaticToken, TokenSource
 from ._serde import ClearOwnerAs, funnel_from_json, update_to_json
 from ._transport import Transport
+from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
 from .ratelimit import LocalRateLimiter, RateLimiter
@@ -148,6 +150,26 @@ class Funnels:
             raise ValidationError("pass either a FunnelUpdate or its fields as keywords, not both")
         funnel_state, _ = await self._apply(contact, update, funnel=funnel)
         return funnel_state
+
+    def update_many(
+        self,
+        changes: Changes,
+        *,
+        concurrency: int = 16,
+        max_rate: float | None = None,
+        on_progress: Callable[[BulkSummary], object] | None = None,
+        funnel: str = "default",
+    ) -> BulkRun:
+        """Apply many ``(contact, FunnelUpdate)`` changes in parallel; one result per change.
+
+        ``changes`` may be any iterable or async iterable, even an endless one: it is read only as
+        workers free up. Changes to one contact run one at a time, in input order. ``max_rate``
+        caps this run's requests per second, on top of the client's own cap.
+        """
+        apply = functools.partial(self._apply, funnel=funnel)
+        return BulkRun(
+            changes, apply, concurrency=concurrency, max_rate=max_rate, on_progress=on_progress
+        )
 
     async def _apply(
         self, contact: Contact | str, update: FunnelUpdate, *, funnel: str = "default"

@@ -22,6 +22,7 @@ __all__ = [
     "ForbiddenError",
     "InvalidCredentialsError",
     "InvalidRefreshTokenError",
+    "NotAttemptedError",
     "NotFoundError",
     "RDStationError",
     "RateLimitError",
@@ -47,6 +48,14 @@ class RDStationError(Exception):
 
 class ValidationError(RDStationError, ValueError):
     """Bad input, found before anything was sent."""
+
+
+class NotAttemptedError(RDStationError):
+    """A bulk item was never sent because the run stopped first; ``reason`` says why."""
+
+    def __init__(self, reason: BaseException) -> None:
+        self.reason = reason
+        super().__init__(f"not sent: the run stopped after {type(reason).__name__}: {reason}")
 
 
 class TransportError(RDStationError):

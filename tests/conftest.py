@@ -39,12 +39,12 @@ class VirtualClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualClock]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
     virtual = VirtualClock()
     monkeypatch.setattr(rdfunnel._transport, "sleep", virtual.sleep)
     monkeypatch.setattr(rdfunnel.ratelimit, "sleep", virtual.sleep)
     monkeypatch.setattr(rdfunnel.ratelimit, "monotonic", virtual.monotonic)
-    yield virtual
+    return virtual
 
 
 _NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters

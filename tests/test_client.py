@@ -29,8 +29,13 @@ from .conftest import VirtualClock
 
 BASE = "https://api.rd.services"
 TOKEN = "secret-access-token-123"
-FUNNEL = {"lifecycle_stage": "Client", "opportunity": True, "contact_owner_email": "o@x.org",
-          "fit": 60, "interest": 100}
+FUNNEL = {
+    "lifecycle_stage": "Client",
+    "opportunity": True,
+    "contact_owner_email": "o@x.org",
+    "fit": 60,
+    "interest": 100,
+}
 FAST = RetryPolicy(max_retries=3, backoff_base=0.01, backoff_cap=0.05)
 
 
@@ -93,14 +98,30 @@ async def test_uuid_contact_and_headers(rd: RDStation, wire: aioresponses) -> No
         ({"lifecycle_stage": "Client"}, {"lifecycle_stage": "Client"}),
         ({"opportunity": False}, {"opportunity": False}),
         ({"contact_owner_email": "o@x.org"}, {"contact_owner_email": "o@x.org"}),
-        ({"lifecycle_stage": "Lead", "opportunity": True},
-         {"lifecycle_stage": "Lead", "opportunity": True}),
-        ({"lifecycle_stage": "Lead", "contact_owner_email": "o@x.org"},
-         {"lifecycle_stage": "Lead", "contact_owner_email": "o@x.org"}),
-        ({"opportunity": True, "contact_owner_email": "o@x.org"},
-         {"opportunity": True, "contact_owner_email": "o@x.org"}),
-        ({"lifecycle_stage": "Qualified Lead", "opportunity": True, "contact_owner_email": "o@x.org"},
-         {"lifecycle_stage": "Qualified Lead", "opportunity": True, "contact_owner_email": "o@x.org"}),
+        (
+            {"lifecycle_stage": "Lead", "opportunity": True},
+            {"lifecycle_stage": "Lead", "opportunity": True},
+        ),
+        (
+            {"lifecycle_stage": "Lead", "contact_owner_email": "o@x.org"},
+            {"lifecycle_stage": "Lead", "contact_owner_email": "o@x.org"},
+        ),
+        (
+            {"opportunity": True, "contact_owner_email": "o@x.org"},
+            {"opportunity": True, "contact_owner_email": "o@x.org"},
+        ),
+        (
+            {
+                "lifecycle_stage": "Qualified Lead",
+                "opportunity": True,
+                "contact_owner_email": "o@x.org",
+            },
+            {
+                "lifecycle_stage": "Qualified Lead",
+                "opportunity": True,
+                "contact_owner_email": "o@x.org",
+            },
+        ),
         ({"contact_owner_email": None}, {"contact_owner_email": "null"}),
     ],
 )
@@ -110,7 +131,10 @@ async def test_exact_put_body(
     wire.put(funnel_url("email:ana@example.com"), payload=FUNNEL, repeat=True)
     await rd.funnels.update("ana@example.com", FunnelUpdate(**kwargs))
     await rd.funnels.update("ana@example.com", **kwargs)
-    assert sent(wire) == [("PUT", "/platform/contacts/email:ana@example.com/funnels/default", body)] * 2
+    assert (
+        sent(wire)
+        == [("PUT", "/platform/contacts/email:ana@example.com/funnels/default", body)] * 2
+    )
 
 
 async def test_clearing_the_owner_as_json_null(clock: VirtualClock, wire: aioresponses) -> None:
@@ -125,8 +149,12 @@ async def test_html_502_then_200_succeeds_after_one_retry(
     rd: RDStation, wire: aioresponses, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = funnel_url("email:ana@example.com")
-    wire.get(url, status=502, body="<!DOCTYPE html><h1>RD Station fora do ar</h1>",
-             content_type="text/html")
+    wire.get(
+        url,
+        status=502,
+        body="<!DOCTYPE html><h1>RD Station fora do ar</h1>",
+        content_type="text/html",
+    )
     wire.get(url, payload=FUNNEL)
     with caplog.at_level(logging.INFO, logger="rdfunnel"):
         assert (await rd.funnels.get("ana@example.com")).fit == 60
@@ -138,8 +166,14 @@ async def test_html_502_then_200_succeeds_after_one_retry(
 
 
 async def test_404_is_tried_once(rd: RDStation, wire: aioresponses) -> None:
-    wire.get(funnel_url("email:ana@example.com"), status=404, repeat=True,
-             payload={"errors": {"error_type": "RESOURCE_NOT_FOUND", "error_message": "Lead not found."}})
+    wire.get(
+        funnel_url("email:ana@example.com"),
+        status=404,
+        repeat=True,
+        payload={
+            "errors": {"error_type": "RESOURCE_NOT_FOUND", "error_message": "Lead not found."}
+        },
+    )
     with pytest.raises(NotFoundError) as info:
         await rd.funnels.get("ana@example.com")
     assert len(sent(wire)) == 1
@@ -147,10 +181,21 @@ async def test_404_is_tried_once(rd: RDStation, wire: aioresponses) -> None:
     assert info.value.messages == ("Lead not found.",)
 
 
-async def test_400_is_never_retried_and_keeps_field_details(rd: RDStation, wire: aioresponses) -> None:
-    wire.put(funnel_url("email:ana@example.com"), status=400, repeat=True, payload={
-        "errors": {"contact_owner_email": [{"error_type": "INVALID_USER",
-                                            "error_message": "The user x was not found."}]}})
+async def test_400_is_never_retried_and_keeps_field_details(
+    rd: RDStation, wire: aioresponses
+) -> None:
+    wire.put(
+        funnel_url("email:ana@example.com"),
+        status=400,
+        repeat=True,
+        payload={
+            "errors": {
+                "contact_owner_email": [
+                    {"error_type": "INVALID_USER", "error_message": "The user x was not found."}
+                ]
+            }
+        },
+    )
     with pytest.raises(BadRequestError) as info:
         await rd.funnels.update("ana@example.com", contact_owner_email="x@y.com")
     assert info.value.details["contact_owner_email"][0]["error_type"] == "INVALID_USER"
@@ -158,8 +203,12 @@ async def test_400_is_never_retried_and_keeps_field_details(rd: RDStation, wire:
 
 
 async def test_server_errors_surface_after_max_retries(rd: RDStation, wire: aioresponses) -> None:
-    wire.get(funnel_url("email:ana@example.com"), status=503, repeat=True,
-             payload={"errors": {"error_type": "SERVICE_UNAVAILABLE", "error_message": "down"}})
+    wire.get(
+        funnel_url("email:ana@example.com"),
+        status=503,
+        repeat=True,
+        payload={"errors": {"error_type": "SERVICE_UNAVAILABLE", "error_message": "down"}},
+    )
     with pytest.raises(ServerError) as info:
         await rd.funnels.get("ana@example.com")
     assert len(sent(wire)) == 4 and info.value.attempts == 4
@@ -176,9 +225,13 @@ async def test_account_429_pauses_every_call_of_the_client(
             seen.append((who, clock.now))
             if status == 429:
                 first_429.set()
-                return CallbackResult(status=429, payload={"message": "API rate limit exceeded"},
-                                      headers={"retry-after-quotas": "2"})
+                return CallbackResult(
+                    status=429,
+                    payload={"message": "API rate limit exceeded"},
+                    headers={"retry-after-quotas": "2"},
+                )
             return CallbackResult(payload=FUNNEL)
+
         return callback
 
     wire.get(funnel_url("email:a@example.com"), callback=answer("a", 429))
@@ -201,9 +254,18 @@ async def test_account_429_pauses_every_call_of_the_client(
 async def test_per_contact_quota_fails_at_once_with_its_hint(
     rd: RDStation, wire: aioresponses, clock: VirtualClock
 ) -> None:
-    wire.put(funnel_url("email:lead@example.org"), status=429, repeat=True, payload={
-        "error": "'lead_limiter' rate limit exceeded for 86400 second(s) period for key "
-                 "'lead@example.org'", "max": 24, "usage": 25, "remaining_time": 43067})
+    wire.put(
+        funnel_url("email:lead@example.org"),
+        status=429,
+        repeat=True,
+        payload={
+            "error": "'lead_limiter' rate limit exceeded for 86400 second(s) period for key "
+            "'lead@example.org'",
+            "max": 24,
+            "usage": 25,
+            "remaining_time": 43067,
+        },
+    )
     with pytest.raises(RateLimitError) as info:
         await rd.funnels.update("lead@example.org", opportunity=True)
     assert (info.value.scope, info.value.retry_after) == ("contact", 43067)
@@ -270,7 +332,9 @@ async def test_a_closed_client_says_so(wire: aioresponses) -> None:
         lambda rd: rd.funnels.update("ana@example.com", lifecycle_stage="Customer"),
         lambda rd: rd.funnels.update("ana@example.com", opportunity="yes"),
         lambda rd: rd.funnels.update("ana@example.com", contact_owner_email="nobody"),
-        lambda rd: rd.funnels.update("ana@example.com", FunnelUpdate(opportunity=True), opportunity=False),
+        lambda rd: rd.funnels.update(
+            "ana@example.com", FunnelUpdate(opportunity=True), opportunity=False
+        ),
         lambda rd: rd.request("GET", "marketing/account_info"),
     ],
 )
@@ -285,10 +349,12 @@ async def test_request_escape_hatch_and_account_info(rd: RDStation, wire: aiores
     wire.post(f"{BASE}/platform/contacts", payload={"uuid": "u1"})
     wire.get(f"{BASE}/platform/contacts/email:a@b.com?fields=name", payload={"name": "A"})
     assert await rd.account_info() == {"name": "ACME"}
-    assert await rd.request("post", "/platform/contacts", json={"email": "a@b.com"}) == {"uuid": "u1"}
-    assert await rd.request("GET", "/platform/contacts/email:a@b.com", params={"fields": "name"}) == {
-        "name": "A"
+    assert await rd.request("post", "/platform/contacts", json={"email": "a@b.com"}) == {
+        "uuid": "u1"
     }
+    assert await rd.request(
+        "GET", "/platform/contacts/email:a@b.com", params={"fields": "name"}
+    ) == {"name": "A"}
     assert ("POST", "/platform/contacts", {"email": "a@b.com"}) in sent(wire)
 
 

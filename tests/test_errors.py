@@ -41,13 +41,17 @@ def test_flat_body() -> None:
     assert error.error_type == "RESOURCE_NOT_FOUND"
     assert error.messages == ("Lead not found.",)
     assert not error.retryable
-    assert "HTTP 404: RESOURCE_NOT_FOUND: Lead not found." == str(error)
+    assert str(error) == "HTTP 404: RESOURCE_NOT_FOUND: Lead not found."
 
 
 def test_list_body() -> None:
     body = {
         "errors": [
-            {"error_type": "INVALID_DATA_TYPE", "error_message": "bad tags", "path": "$.payload.tags"},
+            {
+                "error_type": "INVALID_DATA_TYPE",
+                "error_message": "bad tags",
+                "path": "$.payload.tags",
+            },
             {"error_type": "CANNOT_BE_NULL", "error_message": "name"},
         ]
     }
@@ -64,7 +68,10 @@ def test_per_field_body() -> None:
         "error_message": "invalid options for lifecycle_stage, the valid options are: "
         "'Lead', 'Qualified Lead', 'Client'",
     }
-    owner = {"error_type": "INVALID_USER", "error_message": "The user x was not found in your account."}
+    owner = {
+        "error_type": "INVALID_USER",
+        "error_message": "The user x was not found in your account.",
+    }
     error = _error(400, {"errors": {"lifecycle_stage": [item], "contact_owner_email": [owner]}})
     assert type(error) is BadRequestError
     assert error.details["lifecycle_stage"][0]["error_type"] == "MUST_BE_VALID_OPTION"
@@ -81,9 +88,7 @@ def test_oauth_style_missing_token() -> None:
     assert error.messages == ("The access token is missing",)
 
 
-@pytest.mark.parametrize(
-    "header", ["WWW-Authenticate", "x-amzn-remapped-www-authenticate"]
-)
+@pytest.mark.parametrize("header", ["WWW-Authenticate", "x-amzn-remapped-www-authenticate"])
 def test_expired_token_from_either_header(header: str) -> None:
     challenge = (
         'Bearer realm="https://api.rd.services/", error="expired_token", '
@@ -142,7 +147,13 @@ def test_gateway_rate_limit() -> None:
 
 def test_documented_rate_limit_body() -> None:
     error = _error(
-        429, {"errors": {"error_type": "RATE_LIMIT_EXCEDDED", "error_message": "API usage limit exceeded"}}
+        429,
+        {
+            "errors": {
+                "error_type": "RATE_LIMIT_EXCEDDED",
+                "error_message": "API usage limit exceeded",
+            }
+        },
     )
     assert isinstance(error, RateLimitError)
     assert error.scope == "account" and error.retry_after is None
@@ -160,9 +171,16 @@ def test_html_outage_page(status: int) -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(403, ForbiddenError), (414, BadRequestError), (415, BadRequestError), (500, ServerError),
-     (503, ServerError), (409, UnexpectedStatusError), (418, UnexpectedStatusError),
-     (302, UnexpectedStatusError)],
+    [
+        (403, ForbiddenError),
+        (414, BadRequestError),
+        (415, BadRequestError),
+        (500, ServerError),
+        (503, ServerError),
+        (409, UnexpectedStatusError),
+        (418, UnexpectedStatusError),
+        (302, UnexpectedStatusError),
+    ],
 )
 def test_every_status_maps_to_some_error(status: int, cls: type[APIError]) -> None:
     for body in (b"", b"not json", b"[1, 2]", b"null", b'{"errors": 3}', b"\xff\xfe"):
@@ -176,7 +194,12 @@ def test_errors_pickle_with_their_details() -> None:
     error = _error(429, {"error": "x", "max": 24, "usage": 25, "remaining_time": 10})
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, RateLimitError)
-    assert (copy.status, copy.retry_after, copy.scope, str(copy)) == (429, 10, "contact", str(error))
+    assert (copy.status, copy.retry_after, copy.scope, str(copy)) == (
+        429,
+        10,
+        "contact",
+        str(error),
+    )
 
 
 def test_the_tree() -> None:

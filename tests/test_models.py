@@ -132,7 +132,10 @@ def test_unset_fields_are_not_none() -> None:
         ({"opportunity": "yes"}, "opportunity must be True or False, got 'yes'"),
         ({"opportunity": 1}, "opportunity must be True or False, got 1"),
         ({"contact_owner_email": "owner"}, "'owner' is not a valid email"),
-        ({"contact_owner_email": "o" * 40 + "@" + "x" * 56 + ".com"}, "101 characters long; RD accepts"),
+        (
+            {"contact_owner_email": "o" * 40 + "@" + "x" * 56 + ".com"},
+            "101 characters long; RD accepts",
+        ),
         ({"contact_owner_email": 7}, "contact_owner_email must be a string"),
     ],
 )
@@ -145,14 +148,26 @@ def test_bad_updates_are_refused(kwargs: dict[str, Any], message: str) -> None:
     ("payload", "expected"),
     [
         (
-            {"lifecycle_stage": "Client", "opportunity": True, "contact_owner_email": "o@x.org",
-             "fit": 60, "interest": 100},
+            {
+                "lifecycle_stage": "Client",
+                "opportunity": True,
+                "contact_owner_email": "o@x.org",
+                "fit": 60,
+                "interest": 100,
+            },
             Funnel(LifecycleStage.CLIENT, True, "o@x.org", 60, 100),
         ),
         ({"lifecycle_stage": "Lead", "opportunity": False}, Funnel(LifecycleStage.LEAD, False)),
         (
-            {"lifecycle_stage": "Qualified Lead", "opportunity": False, "contact_owner_email": None,
-             "fit": "A", "interest": None, "name": "Ana", "origin": "x"},
+            {
+                "lifecycle_stage": "Qualified Lead",
+                "opportunity": False,
+                "contact_owner_email": None,
+                "fit": "A",
+                "interest": None,
+                "name": "Ana",
+                "origin": "x",
+            },
             Funnel(LifecycleStage.QUALIFIED_LEAD, False, None, "A", None),
         ),
         ({"lifecycle_stage": "Customer Success"}, Funnel("Customer Success")),
@@ -178,7 +193,9 @@ def test_email_path_segments_decode_back_to_the_value(email: str) -> None:
 
 @given(
     st.text(
-        alphabet=st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")),
+        alphabet=st.characters(
+            blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+        ),
         min_size=1,
         max_size=30,
     ).filter(lambda local: "@" not in local)
