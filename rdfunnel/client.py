@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -12,14 +13,16 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from .__about__ import __version__
-from ._auth import StaticToken, TokenSource
+from ._auth import OnTokenRefresh, StaticToken, TokenManager, TokenSource
 from ._serde import ClearOwnerAs, funnel_from_json, update_to_json
 from ._transport import Transport
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
+from .oauth import OAuthApp, TokenStyle
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 
 __all__ = ["DEFAULT_BASE_URL", "Funnels", "RDStation"]
 
@@ -38,8 +41,17 @@ class RDStation:
     def __init__(
         self,
         *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        refresh_token: str | None = None,
         access_token: str | None = None,
+        token: Token | None = None,
+        token_store: TokenStore | None = None,
+        on_token_refresh: OnTokenRefresh | None = None,
         base_url: str = DEFAULT_BASE_URL,
+        token_url: str | None = None,
+        token_style: TokenStyle = "json",
+        refresh_leeway: float = 300.0,
         session: aiohttp.ClientSession | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = 30.0,
@@ -54,19 +66,74 @@ class RDStation:
             )
         if rate_limiter is not None and max_rate is not None:
             raise ValidationError("pass either max_rate or rate_limiter, not both")
-        if not access_token:
-            raise ValidationError("RDStation needs credentials: pass access_token=")
-        tokens: TokenSource = StaticToken(access_token)
+        if token is not None and access_token is not None:
+            raise ValidationError("pass either token or access_token, not both")
+        retry = retry or RetryPolicy()
+        tokens: TokenSource
+        if client_id or client_secret:
+            if not (client_id and client_secret):
+                raise ValidationError("client_id and client_secret go together: pass both")
+            if token is None and access_token is not None:
+                token = Token(access_token=access_token, refresh_token=refresh_token)
+            if token is None and refresh_token is None and token_store is None:
+                raise ValidationError(
+                    "RDStation needs a token to start from: pass refresh_token=, token= or "
+                    "token_store= (see rdfunnel.oauth to authorize the app)"
+                )
+            app = OAuthApp.for_base_url(
+                client_id, client_secret, base_url, token_url=token_url, style=token_style
+            )
+            tokens = TokenManager(
+                store=token_store or MemoryTokenStore(),
+                app=app,
+                retry=retry,
+                on_token_refresh=on_token_refresh,
+                leeway=refresh_leeway,
+                token=token,
+                refresh_token=refresh_token,
+            )
+        elif access_token or token is not None:
+            if refresh_token or token_store is not None:
+                raise ValidationError(
+                    "refreshing tokens needs the app's client_id and client_secret"
+                )
+            tokens = StaticToken(token.access_token if token is not None else str(access_token))
+        else:
+            raise ValidationError(
+                "RDStation needs credentials: client_id, client_secret and refresh_token "
+                "(or token/token_store), or an access_token"
+            )
         self._transport = Transport(
             base_url=base_url,
             tokens=tokens,
-            retry=retry or RetryPolicy(),
+            retry=retry,
             timeout=timeout,
             limiter=rate_limiter or LocalRateLimiter(max_rate),
             user_agent=USER_AGENT,
             session=session,
         )
         self.funnels = Funnels(self._transport, clear_owner_as)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> RDStation:
+        """A client configured from the environment; keyword arguments take precedence.
+
+        Reads ``RDSTATION_CLIENT_ID``, ``RDSTATION_CLIENT_SECRET``, ``RDSTATION_REFRESH_TOKEN``,
+        ``RDSTATION_BASE_URL`` and ``RDFUNNEL_TOKEN_FILE`` (a :class:`FileTokenStore`).
+        """
+        settings: dict[str, Any] = {}
+        for key, name in (
+            ("client_id", "RDSTATION_CLIENT_ID"),
+            ("client_secret", "RDSTATION_CLIENT_SECRET"),
+            ("refresh_token", "RDSTATION_REFRESH_TOKEN"),
+            ("base_url", "RDSTATION_BASE_URL"),
+        ):
+            if os.environ.get(name):
+                settings[key] = os.environ[name]
+        if os.environ.get("RDFUNNEL_TOKEN_FILE"):
+            settings["token_store"] = FileTokenStore(os.environ["RDFUNNEL_TOKEN_FILE"])
+        settings.update(overrides)
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"RDStation(base_url={self._transport.base_url!r})"
@@ -85,6 +152,13 @@ class RDStation:
     async def close(self) -> None:
         """Close the client's own session. Further calls raise a clear error."""
         await self._transport.close()
+
+    async def revoke(self) -> None:
+        """Revoke this app's authorization at RD: the access and refresh tokens stop working."""
+        tokens = self._transport.tokens
+        if not isinstance(tokens, TokenManager):
+            raise ValidationError("revoking needs the app's client_id and client_secret")
+        await tokens.revoke(self._transport.session)
 
     async def request(
         self,

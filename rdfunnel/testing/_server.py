@@ -1,0 +1,268 @@
+"""`FakeRDStation`: the fake's lifecycle on 127.0.0.1 and the controls a test drives it with."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import web
+
+from ..models import LifecycleStage
+from ._app import Backend, ExpiredHeader
+from ._config import Faults, Limits
+from ._funnel import STAGES
+from ._state import FakeContact, Stats
+
+if TYPE_CHECKING:
+    from rdfunnel import RDStation
+
+__all__ = ["FakeRDStation"]
+
+
+class FakeRDStation:
+    """A faithful RD Station Marketing server on aiohttp.web, for tests, demos and benchmarks.
+
+    Serves OAuth (``/auth/dialog``, ``/auth/token``, ``/auth/revoke``), the funnel endpoints,
+    ``GET /platform/contacts/...`` and ``GET /marketing/account_info``, with RD's exact error
+    bodies, optional rate limits and seeded faults. Use ``async with FakeRDStation() as fake:``.
+
+    ``clock`` (default :func:`time.monotonic`) drives token and code expiry and the rate-limit
+    windows, so tests move time instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        refresh_token: str | None = None,
+        token_lifetime: float = 86400.0,
+        rotate_refresh_tokens: bool = False,
+        auto_create: bool = False,
+        contacts: int = 0,
+        users: Collection[str] | None = None,
+        account_name: str = "rdfunnel fake account",
+        faults: Faults | None = None,
+        limits: Limits | None = None,
+        missing_owner: Literal["null", "omit"] = "null",
+        expired_header: ExpiredHeader = "www-authenticate",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if token_lifetime <= 0:
+            raise ValueError(f"token_lifetime must be > 0, got {token_lifetime!r}")
+        self._host = host
+        self._port = port
+        self._backend = Backend(
+            client_id=client_id or "rdfunnel-fake-" + secrets.token_hex(6),
+            client_secret=client_secret or secrets.token_urlsafe(24),
+            token_lifetime=token_lifetime,
+            rotate_refresh_tokens=rotate_refresh_tokens,
+            auto_create=auto_create,
+            users=users,
+            account_name=account_name,
+            missing_owner=missing_owner,
+            expired_header=expired_header,
+            clock=clock,
+            faults=faults or Faults(),
+            limits=limits or Limits(),
+        )
+        self._refresh_token = self._backend.tokens.new_grant(refresh_token).refresh_token
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        if contacts:
+            self._backend.seed(contacts)
+
+    def __repr__(self) -> str:
+        return f"<FakeRDStation url={self._url or 'not started'}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on ``host:port`` (port 0: any free port; see :attr:`url`)."""
+        if self._runner is not None:
+            raise RuntimeError("this FakeRDStation is already running")
+        self._backend.closing = asyncio.Event()
+        runner = web.AppRunner(
+            self._backend.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self._url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+    async def close(self) -> None:
+        """Stop listening; answers held back by slow faults are released first."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._backend.closing is not None:
+            self._backend.closing.set()
+        await runner.cleanup()
+        self._url = None
+
+    async def __aenter__(self) -> FakeRDStation:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- what a client needs -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321``, once started."""
+        if self._url is None:
+            raise RuntimeError("the FakeRDStation is not running: use `async with` or start()")
+        return self._url
+
+    @property
+    def client_id(self) -> str:
+        return self._backend.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self._backend.client_secret
+
+    @property
+    def refresh_token(self) -> str:
+        """The refresh token the fake started with (single-use when refresh tokens rotate)."""
+        return self._refresh_token
+
+    def client(self, **kwargs: Any) -> RDStation:
+        """An :class:`~rdfunnel.RDStation` wired to this fake; ``kwargs`` go to its constructor."""
+        from rdfunnel import RDStation
+
+        options: dict[str, Any] = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "base_url": self.url,
+        }
+        if "access_token" not in kwargs and "token" not in kwargs:
+            options["refresh_token"] = self.refresh_token
+        options.update(kwargs)
+        return RDStation(**options)
+
+    def issue_refresh_token(self) -> str:
+        """A new valid refresh token, as if a user authorized the app again."""
+        return self._backend.tokens.new_grant().refresh_token
+
+    def issue_access_token(self, lifetime: float | None = None) -> str:
+        """A new valid access token (of its own grant), for clients given a bare token."""
+        backend = self._backend
+        return backend.tokens.issue_access(backend.tokens.new_grant(), backend.clock(), lifetime)
+
+    # -- contacts ----------------------------------------------------------------------------
+
+    def add_contact(
+        self,
+        email: str,
+        uuid: str | None = None,
+        *,
+        lifecycle_stage: LifecycleStage | str = LifecycleStage.LEAD,
+        opportunity: bool = False,
+        contact_owner_email: str | None = None,
+        fit: int | str = 0,
+        interest: int | str = 0,
+        extra: Mapping[str, Any] | None = None,
+    ) -> FakeContact:
+        """Add a contact (its UUID derived from the email unless given) and return it.
+
+        ``extra`` fields are sent in every funnel answer, to prove clients ignore what they
+        do not know; ``fit``/``interest`` may be letter grades for the same reason.
+        """
+        stage = str(getattr(lifecycle_stage, "value", lifecycle_stage))
+        if stage not in STAGES:
+            raise ValueError(f"lifecycle_stage {stage!r} is not one of {sorted(STAGES)}")
+        record = self._backend.add_contact(
+            email,
+            uuid,
+            stage=stage,
+            opportunity=bool(opportunity),
+            owner=contact_owner_email,
+            fit=fit,
+            interest=interest,
+            extra=extra or {},
+        )
+        return record.snapshot()
+
+    @property
+    def contacts(self) -> Mapping[str, FakeContact]:
+        """Every contact's funnel now, by email as added (a read-only snapshot)."""
+        return MappingProxyType(
+            {record.email: record.snapshot() for record in self._backend.by_uuid.values()}
+        )
+
+    def contact(self, key: str) -> FakeContact:
+        """One contact's funnel now, by email (any case) or UUID; KeyError when unknown."""
+        backend = self._backend
+        record = backend.by_email.get(key.lower()) or backend.by_uuid.get(key.lower())
+        if record is None:
+            raise KeyError(key)
+        return record.snapshot()
+
+    @property
+    def puts(self) -> Mapping[str, tuple[Mapping[str, Any], ...]]:
+        """The PUT bodies applied to each contact, in order, by email (contacts with any only)."""
+        return MappingProxyType(
+            {
+                record.email: tuple(record.puts)
+                for record in self._backend.by_uuid.values()
+                if record.puts
+            }
+        )
+
+    # -- counters and controls ---------------------------------------------------------------
+
+    @property
+    def stats(self) -> Stats:
+        """Requests by route and status, token grants, 429s and faults (a snapshot)."""
+        return self._backend.counters.snapshot()
+
+    def reset_stats(self) -> None:
+        """Zero every counter (e.g. after a warm-up)."""
+        counters = self._backend.counters
+        for counter in (counters.requests, counters.grants, counters.rate_limited, counters.faults):
+            counter.clear()
+
+    def expire_tokens(self) -> None:
+        """Make every access token issued so far expired (refresh tokens stay valid)."""
+        self._backend.tokens.expire_all()
+
+    def revoke_all(self) -> None:
+        """Revoke every token and code, the initial refresh token included."""
+        self._backend.tokens.revoke_all()
+
+    @property
+    def faults(self) -> Faults:
+        return self._backend.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        """Change faults, even while running; the random source restarts from the new seed."""
+        self._backend.set_faults(faults)
+
+    @property
+    def limits(self) -> Limits:
+        return self._backend.limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        """Change rate limits, even while running; every window starts afresh."""
+        self._backend.set_limits(limits)
