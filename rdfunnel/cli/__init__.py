@@ -1,0 +1,430 @@
+"""The ``rdfunnel`` command: bulk updates from a file, single funnels, login, the demo.
+
+Exit status: 0 every row succeeded; 1 some rows failed or were bad; 2 usage or configuration
+error; 3 authentication failed for good (log in again); 130 interrupted (resume with --resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import attrs
+
+try:
+    import click
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # pragma: no cover - the message is the behaviour
+    sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
+
+from ..client import DEFAULT_BASE_URL, RDStation
+from ..errors import AuthenticationError, RDStationError
+from ..models import NOT_SET, Funnel, FunnelUpdate
+from ..tokens import FileTokenStore
+from ._bulk import Outcome, check_file, run_file
+from ._rows import Journal
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+NO_APP = "set RDSTATION_CLIENT_ID and RDSTATION_CLIENT_SECRET (or --client-id and --client-secret)"
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+
+@attrs.frozen
+class Settings:
+    """Where to reach RD Station and with which credentials (flags, else the environment)."""
+
+    client_id: str | None
+    client_secret: str | None = attrs.field(repr=False)
+    refresh_token: str | None = attrs.field(repr=False)
+    base_url: str
+    token_file: Path
+
+    def store(self) -> FileTokenStore:
+        return FileTokenStore(self.token_file)
+
+    def client(self, **kwargs: Any) -> RDStation:
+        if not (self.client_id and self.client_secret):
+            fail(NO_APP)
+        if not self.token_file.exists() and not self.refresh_token:
+            fail(f"not logged in: no token in {self.token_file}; run `rdfunnel auth login`")
+        return RDStation(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            refresh_token=self.refresh_token,
+            token_store=self.store(),
+            base_url=self.base_url,
+            **kwargs,
+        )
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning rdfunnel errors into a message and an exit status."""
+    try:
+        return asyncio.run(coroutine)
+    except AuthenticationError as exc:
+        fail(f"{exc}", EXIT_AUTH)
+    except RDStationError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--client-id", envvar="RDSTATION_CLIENT_ID", help="[env: RDSTATION_CLIENT_ID]")
+@click.option(
+    "--client-secret", envvar="RDSTATION_CLIENT_SECRET", help="[env: RDSTATION_CLIENT_SECRET]"
+)
+@click.option(
+    "--refresh-token",
+    envvar="RDSTATION_REFRESH_TOKEN",
+    help="seeds an empty token file [env: RDSTATION_REFRESH_TOKEN]",
+)
+@click.option(
+    "--base-url", envvar="RDSTATION_BASE_URL", default=DEFAULT_BASE_URL, show_default=True
+)
+@click.option(
+    "--token-file",
+    envvar="RDFUNNEL_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(click.get_app_dir("rdfunnel")) / "token.json",
+    show_default=True,
+    help="[env: RDFUNNEL_TOKEN_FILE]",
+)
+@click.version_option(package_name="rdfunnel")
+@click.pass_context
+def cli(ctx: click.Context, /, **options: Any) -> None:
+    """Drive RD Station Marketing's contact funnel from the terminal."""
+    ctx.obj = Settings(**options)
+
+
+# -- bulk ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 512))
+@click.option("--max-rate", type=click.FloatRange(min=0, min_open=True), help="requests/second")
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL journal, one line per row [default: FILE.results.jsonl]",
+)
+@click.option("--resume", is_flag=True, help="skip rows the journal already records as done")
+@click.option("--dry-run", is_flag=True, help="validate every row and send nothing")
+@click.pass_obj
+def bulk(
+    settings: Settings,
+    file: Path,
+    concurrency: int,
+    max_rate: float | None,
+    results: Path | None,
+    resume: bool,
+    dry_run: bool,
+) -> None:
+    """Apply the changes in FILE (CSV or JSONL) to the contacts' funnels.
+
+    Columns (or JSON keys): email or uuid, lifecycle_stage, opportunity, contact_owner_email. An
+    empty cell leaves a field unchanged; an owner of `null` (JSON null in JSONL) clears it.
+    """
+    if dry_run:
+        outcome = check_file(file, err)
+        out.print(f"{outcome.rows} rows checked, {outcome.bad_rows} bad; nothing was sent")
+        sys.exit(EXIT_FAILED if outcome.bad_rows else EXIT_OK)
+    journal_path = results or file.with_name(file.name + ".results.jsonl")
+    try:
+        journal = Journal(journal_path, resume=resume)
+    except FileExistsError as exc:
+        fail(str(exc))
+    try:
+        outcome = run(_bulk(settings, file, journal, concurrency, max_rate))
+    finally:
+        journal.close()
+    _report(outcome, journal_path)
+    sys.exit(_exit_status(outcome))
+
+
+async def _bulk(
+    settings: Settings, file: Path, journal: Journal, concurrency: int, max_rate: float | None
+) -> Outcome:
+    async with settings.client() as rd:
+        return await _run_interruptible(
+            lambda stop: run_file(
+                rd,
+                file,
+                journal=journal,
+                concurrency=concurrency,
+                max_rate=max_rate,
+                stop=stop,
+                console=err,
+            )
+        )
+
+
+async def _run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]]) -> Outcome:
+    """First Ctrl-C: stop reading rows and let requests in flight finish. Second: abort."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def interrupt() -> None:
+        if stop.is_set() and task is not None:
+            task.cancel()
+            return
+        stop.set()
+        err.print("[yellow]stopping: finishing the requests in flight (Ctrl-C again to abort)[/]")
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        return await job(stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _exit_status(outcome: Outcome) -> int:
+    if isinstance(outcome.stopped_by, AuthenticationError):
+        return EXIT_AUTH
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if outcome.all_ok else EXIT_FAILED
+
+
+def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> None:
+    table = Table(title="rdfunnel bulk run", show_header=False)
+    table.add_row("rows", f"{outcome.rows:,}")
+    table.add_row("updated", f"[green]{outcome.succeeded:,}[/]")
+    if outcome.skipped:
+        table.add_row("already done (skipped)", f"{outcome.skipped:,}")
+    for name, count in sorted(outcome.errors.items(), key=lambda item: -item[1]):
+        table.add_row(f"failed: {name}", f"[red]{count:,}[/]")
+    table.add_row("retries", f"{outcome.retries:,}")
+    if refreshes is not None:
+        table.add_row("token refreshes", f"{refreshes:,}")
+    sent = outcome.succeeded + outcome.failed
+    rate = sent / outcome.elapsed if outcome.elapsed else 0.0
+    table.add_row("elapsed", f"{outcome.elapsed:.1f} s")
+    table.add_row("throughput", f"{rate:,.0f} updates/s")
+    out.print(table)
+    if outcome.stopped_by is not None:
+        err.print(f"[red]stopped early:[/] {outcome.stopped_by}", highlight=False)
+    if outcome.interrupted:
+        err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
+    out.print(f"results: {journal}", highlight=False)
+
+
+# -- funnel get / set ------------------------------------------------------------------------
+
+
+@cli.group()
+def funnel() -> None:
+    """Read or change one contact's funnel."""
+
+
+@funnel.command("get")
+@click.argument("contact")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def funnel_get(settings: Settings, contact: str, as_json: bool) -> None:
+    """Show where CONTACT (an email or a UUID) stands in the funnel."""
+
+    async def get() -> Funnel:
+        async with settings.client() as rd:
+            return await rd.funnels.get(contact)
+
+    _show(contact, run(get()), as_json)
+
+
+@funnel.command("set")
+@click.argument("contact")
+@click.option("--stage", type=click.Choice(["Lead", "Qualified Lead", "Client"]))
+@click.option("--opportunity", type=click.BOOL, help="true or false")
+@click.option("--owner", help="the owner's email address")
+@click.option("--clear-owner", is_flag=True, help="remove the contact's owner")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def funnel_set(
+    settings: Settings,
+    contact: str,
+    stage: str | None,
+    opportunity: bool | None,
+    owner: str | None,
+    clear_owner: bool,
+    as_json: bool,
+) -> None:
+    """Change only the given fields of CONTACT's funnel."""
+    if owner and clear_owner:
+        fail("--owner and --clear-owner exclude each other")
+    try:
+        update = FunnelUpdate(
+            lifecycle_stage=stage or NOT_SET,
+            opportunity=NOT_SET if opportunity is None else opportunity,
+            contact_owner_email=None if clear_owner else (owner or NOT_SET),
+        )
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def apply() -> Funnel:
+        async with settings.client() as rd:
+            return await rd.funnels.update(contact, update)
+
+    _show(contact, run(apply()), as_json)
+
+
+def _show(contact: str, state: Funnel, as_json: bool) -> None:
+    fields = {
+        "lifecycle_stage": None if state.lifecycle_stage is None else str(state.lifecycle_stage),
+        "opportunity": state.opportunity,
+        "contact_owner_email": state.contact_owner_email,
+        "fit": state.fit,
+        "interest": state.interest,
+    }
+    if as_json:
+        click.echo(json.dumps({"contact": contact, **fields}, ensure_ascii=False))
+        return
+    opportunity = {True: "yes", False: "no", None: "unknown"}[state.opportunity]
+    out.print(
+        f"{contact}: {fields['lifecycle_stage'] or 'no stage'}, opportunity {opportunity}, "
+        f"owner {state.contact_owner_email or 'none'}, fit {state.fit}, interest {state.interest}",
+        highlight=False,
+    )
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def auth() -> None:
+    """Authorize rdfunnel with RD Station, check or revoke the saved token."""
+
+
+@auth.command("login")
+@click.option("--port", default=8976, show_default=True, help="local callback port (0: any)")
+@click.option("--open/--no-open", "open_browser", default=True, help="open the browser")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds to wait")
+@click.pass_obj
+def auth_login(settings: Settings, port: int, open_browser: bool, timeout: float) -> None:
+    """Authorize in the browser; the token is saved to the token file."""
+    from ._login import LoginError, login
+
+    if not (settings.client_id and settings.client_secret):
+        fail(NO_APP)
+
+    def show(url: str) -> None:
+        err.print("[yellow]Open this URL to authorize rdfunnel:[/]")
+        click.echo(url)
+
+    try:
+        run(
+            login(
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                base_url=settings.base_url,
+                store=settings.store(),
+                port=port,
+                open_browser=open_browser,
+                show=show,
+                wait=timeout,
+            )
+        )
+    except LoginError as exc:
+        fail(str(exc), EXIT_AUTH)
+    out.print(f"logged in; token saved to {settings.token_file}", highlight=False)
+
+
+@auth.command("status")
+@click.pass_obj
+def auth_status(settings: Settings) -> None:
+    """Show the saved token (masked), its expiry, and whether RD accepts it now."""
+
+    async def status() -> None:
+        token = await settings.store().load()
+        if token is None:
+            fail(f"no token in {settings.token_file}; run `rdfunnel auth login`", EXIT_AUTH)
+        out.print(f"token file: {settings.token_file}", highlight=False)
+        out.print(f"access token: {token.access_token[:4]}… (masked)", highlight=False)
+        expiry = token.expires_at.isoformat() if token.expires_at else "unknown"
+        out.print(f"expires at: {expiry}")
+        async with settings.client() as rd:
+            info = await rd.account_info()
+        out.print(f"[green]RD accepts it:[/] account {info.get('name', '?')!r}", highlight=False)
+
+    run(status())
+
+
+@auth.command("revoke")
+@click.pass_obj
+def auth_revoke(settings: Settings) -> None:
+    """Revoke the saved authorization at RD and delete the token file."""
+
+    async def revoke() -> None:
+        async with settings.client() as rd:
+            await rd.revoke()
+
+    run(revoke())
+    settings.token_file.unlink(missing_ok=True)
+    out.print("authorization revoked; token file removed")
+
+
+# -- demo and fake server --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--contacts", default=3000, show_default=True, type=click.IntRange(10, 100_000))
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 512))
+def demo(contacts: int, concurrency: int) -> None:
+    """Run the whole job against an embedded fake RD Station: no account needed."""
+    from ._demo import demo_fake, prepare_demo
+
+    async def main() -> tuple[Outcome, Path, int]:
+        async with demo_fake(contacts) as fake:
+            setup = await prepare_demo(fake, contacts, err)
+            journal = Journal(setup.results, resume=False)
+            try:
+                async with setup.client(fake) as rd:
+                    outcome = await _run_interruptible(
+                        lambda stop: run_file(
+                            rd,
+                            setup.changes,
+                            journal=journal,
+                            concurrency=concurrency,
+                            max_rate=None,
+                            stop=stop,
+                            console=err,
+                        )
+                    )
+            finally:
+                journal.close()
+            return outcome, setup.results, setup.refreshes
+
+    outcome, results, refreshes = run(main())
+    _report(outcome, results, refreshes)
+    sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK)
+
+
+@cli.command(
+    "fake-server", context_settings={"ignore_unknown_options": True}, add_help_option=False
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def fake_server(args: tuple[str, ...]) -> None:
+    """Serve the fake RD Station (options: rdfunnel fake-server --help)."""
+    from ..testing.__main__ import main as serve
+
+    sys.exit(serve(list(args)))
+
+
+def main() -> None:
+    """The console script's entry point."""
+    cli(prog_name="rdfunnel")
