@@ -4,8 +4,10 @@ from .__about__ import __version__
 from .bulk import BulkResult, BulkRun, BulkSummary
 from .client import RDStation
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage
+from .oauth import OAuthApp
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore, TokenStoreError
 
 __all__ = [
     "NOT_SET",
@@ -13,12 +15,18 @@ __all__ = [
     "BulkRun",
     "BulkSummary",
     "Contact",
+    "FileTokenStore",
     "Funnel",
     "FunnelUpdate",
     "LifecycleStage",
     "LocalRateLimiter",
+    "MemoryTokenStore",
+    "OAuthApp",
     "RDStation",
     "RateLimiter",
     "RetryPolicy",
+    "Token",
+    "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]

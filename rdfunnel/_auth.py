@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import inspect
+import logging
+import math
+import time
+from asyncio import sleep
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
 
-__all__ = ["StaticToken", "TokenSource"]
+from .errors import AuthenticationError, RateLimitError, RDStationError
+from .oauth import OAuthApp
+from .retry import RetryPolicy
+from .tokens import Token, TokenStore, TokenStoreError
+
+__all__ = ["OnTokenRefresh", "StaticToken", "TokenManager", "TokenSource"]
+
+logger = logging.getLogger("rdfunnel")
+
+_time = time.time  # the one clock this module reads; tests replace it
 
 
 class TokenSource(Protocol):
@@ -40,3 +57,198 @@ class StaticToken:
 
     async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
         return False
+
+
+#: Called with every new token once it is saved; may be a coroutine function.
+OnTokenRefresh = Callable[[Token], Awaitable[None] | None]
+
+
+class TokenManager:
+    """OAuth tokens that look after themselves, behind :class:`TokenSource`.
+
+    Refreshes ahead of expiry (by ``leeway`` seconds, or half the token's life if that is shorter)
+    and when the API refuses the current token. One refresh runs at a time per manager, under the
+    store's lock, after re-reading the store: another process may already have refreshed. Every new
+    token is saved before it is used. The store's token wins over ``token``/``refresh_token``, which
+    only seed an empty store.
+    """
+
+    __slots__ = (
+        "_access",
+        "_app",
+        "_dead_refresh_token",
+        "_inflight",
+        "_leeway",
+        "_on_token_refresh",
+        "_refresh_at",
+        "_retry",
+        "_seed",
+        "_seed_refresh_token",
+        "_store",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        app: OAuthApp,
+        retry: RetryPolicy,
+        on_token_refresh: OnTokenRefresh | None = None,
+        leeway: float = 300.0,
+        token: Token | None = None,
+        refresh_token: str | None = None,
+    ) -> None:
+        self._store = store
+        self._app = app
+        self._retry = retry
+        self._on_token_refresh = on_token_refresh
+        self._leeway = leeway
+        self._seed = token
+        self._seed_refresh_token = refresh_token or (token.refresh_token if token else None)
+        self._token: Token | None = None
+        # The hot path reads only these two: the access token and when to stop trusting it.
+        self._access: str | None = None
+        self._refresh_at = -math.inf
+        self._inflight: asyncio.Future[None] | None = None
+        self._dead_refresh_token: tuple[str, AuthenticationError] | None = None
+
+    def __repr__(self) -> str:
+        state = "no token yet" if self._token is None else "holding a token"
+        return f"TokenManager({self._store!r}, client_id={self._app.client_id!r}, {state})"
+
+    @property
+    def token(self) -> Token | None:
+        """The token in use (None before first use)."""
+        return self._token
+
+    async def access_token(self, session: aiohttp.ClientSession) -> str:
+        access = self._access
+        if access is not None and _time() < self._refresh_at:
+            return access
+        await self._renew(session, None)
+        assert self._access is not None
+        return self._access
+
+    async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
+        if self._access is not None and self._access != rejected and _time() < self._refresh_at:
+            return True  # already replaced: the refused token was an old one
+        await self._renew(session, rejected)
+        return self._access is not None and self._access != rejected
+
+    async def revoke(self, session: aiohttp.ClientSession) -> None:
+        """Revoke the stored refresh token (or, lacking one, the access token) at RD.
+
+        RD then refuses both; the next use of this manager fails with a clear error.
+        """
+        async with self._store.lock():
+            token = await self._store.load() or self._token or self._seed
+        if token is None:
+            return
+        if token.refresh_token is not None:
+            await self._app.revoke(session, token.refresh_token, "refresh_token")
+        else:
+            await self._app.revoke(session, token.access_token, "access_token")
+        logger.info("token revoked")
+
+    async def _renew(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
+        """Join the renewal in flight, or start one; shielded so that a cancelled caller never
+        loses a token the server has already rotated."""
+        task = self._inflight
+        if task is None:
+            task = asyncio.ensure_future(self._renew_locked(session, rejected))
+            self._inflight = task
+            task.add_done_callback(self._finished)
+        await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every awaiting caller has it; no "never retrieved"
+
+    async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
+        async with self._store.lock():
+            stored = await self._store.load()
+            current = stored or self._token or self._seed
+            if current is not None and current.access_token != rejected:
+                previous = self._access
+                if not self._adopt(current):
+                    if stored is None:
+                        await self._store.save(current)  # seed an empty store
+                    if previous is not None and previous != current.access_token:
+                        logger.debug("using the access token found in the store")
+                    return
+            refresh_token = (current and current.refresh_token) or self._seed_refresh_token
+            if refresh_token is None:
+                if current is None:
+                    raise TokenStoreError(
+                        f"{self._store!r} holds no token and there is no refresh token: "
+                        "authorize the app (rdfunnel.oauth) first"
+                    )
+                self._adopt(current, until_refused=True)  # nothing to refresh it with
+                return
+            token = await self._request(session, refresh_token)
+            await self._store.save(token)
+            self._adopt(token)
+        logger.info("access token refreshed, expires at %s", _when(token))
+        if self._on_token_refresh is not None:
+            try:
+                outcome = self._on_token_refresh(token)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as error:
+                error.add_note("raised by on_token_refresh; the new token is saved and in use")
+                raise
+
+    def _adopt(self, token: Token, *, until_refused: bool = False) -> bool:
+        """Use ``token``; True when it is already due for a refresh (it is kept all the same).
+
+        The leeway is computed once per token, from its life when first seen, so a token seen
+        again keeps its deadline instead of creeping towards expiry.
+        """
+        now = _time()
+        if until_refused or token.expires_at is None:
+            refresh_at = math.inf
+        elif token.access_token == self._access:
+            refresh_at = self._refresh_at
+        else:
+            expires = token.expires_at.timestamp()
+            refresh_at = expires - min(self._leeway, max(expires - now, 0.0) / 2)
+        self._token = token
+        self._access = token.access_token
+        self._refresh_at = refresh_at
+        return now >= refresh_at
+
+    async def _request(self, session: aiohttp.ClientSession, refresh_token: str) -> Token:
+        """One token, retrying server errors and network failures with the client's backoff."""
+        dead = self._dead_refresh_token
+        if dead is not None and dead[0] == refresh_token:
+            raise copy.copy(dead[1])  # refused before: asking again cannot help
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._app.refresh(session, refresh_token)
+            except AuthenticationError as error:
+                error.attempts = attempt
+                self._dead_refresh_token = (refresh_token, error)
+                logger.error("token refresh refused: %s", error)
+                raise
+            except RDStationError as error:
+                error.attempts = attempt
+                wait = self._wait(error, attempt)
+                if wait is None:
+                    raise
+                logger.warning("token refresh failed (%s), retrying in %.2f s", error, wait)
+                await sleep(wait)
+
+    def _wait(self, error: RDStationError, attempt: int) -> float | None:
+        if not error.retryable or attempt > self._retry.max_retries:
+            return None
+        if isinstance(error, RateLimitError) and error.retry_after is not None:
+            return error.retry_after if error.retry_after <= self._retry.max_wait else None
+        return self._retry.backoff(attempt)
+
+
+def _when(token: Token) -> str:
+    return token.expires_at.isoformat() if token.expires_at else "an unknown time"

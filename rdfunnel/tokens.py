@@ -1,0 +1,300 @@
+"""Tokens and where they live: the ``Token`` value, the ``TokenStore`` protocol and two stores.
+
+The store is the source of truth: a token is saved before it is used, and a refresh happens under
+the store's lock, so processes sharing one store refresh once between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import filelock
+
+from .errors import RDStationError
+
+__all__ = ["FileTokenStore", "MemoryTokenStore", "Token", "TokenStore", "TokenStoreError"]
+
+
+_LOCK_SLICE = 0.5  # seconds a lock-waiting thread blocks before checking whether it may give up
+
+
+class TokenStoreError(RDStationError):
+    """The token store cannot be read or written: a corrupt or unreadable file, a full disk."""
+
+
+def _mask(value: str | None) -> str:
+    return "None" if value is None else "<masked>"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("Token.expires_at must be timezone-aware (UTC), got a naive datetime")
+    return value.astimezone(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class Token:
+    """An access token, the refresh token that renews it, and when it expires (aware UTC).
+
+    ``expires_at=None`` means unknown: the token is used until the API refuses it. ``repr`` never
+    shows either token.
+    """
+
+    access_token: str = attrs.field(repr=_mask)
+    refresh_token: str | None = attrs.field(default=None, repr=_mask)
+    expires_at: datetime | None = attrs.field(default=None, converter=_utc)
+
+    @classmethod
+    def from_response(cls, payload: Mapping[str, Any], *, now: datetime | None = None) -> Token:
+        """Build a token from a token endpoint's JSON answer.
+
+        Reads ``expires_in`` (seconds from ``now``) or else ``expires_at`` (POSIX seconds). Raises
+        ``ValueError`` (naming no secret) when the answer holds no access token.
+        """
+        access = payload.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise ValueError("the token response holds no access_token")
+        refresh = payload.get("refresh_token")
+        expires_at: datetime | None = None
+        expires_in = _number(payload.get("expires_in"))
+        if expires_in is not None:
+            start = now if now is not None else datetime.now(UTC)
+            expires_at = (start + timedelta(seconds=expires_in)).replace(microsecond=0)
+        else:
+            epoch = _number(payload.get("expires_at"))
+            if epoch is not None:
+                expires_at = datetime.fromtimestamp(epoch, UTC)
+        return cls(
+            access_token=access,
+            refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            expires_at=expires_at,
+        )
+
+    def expires_in(self, now: datetime | None = None) -> float | None:
+        """Seconds until expiry (negative once expired), or None when the expiry is unknown."""
+        if self.expires_at is None:
+            return None
+        return (self.expires_at - (now if now is not None else datetime.now(UTC))).total_seconds()
+
+    def is_expiring(self, leeway: float = 0.0, now: datetime | None = None) -> bool:
+        """True when the token expires within ``leeway`` seconds; never for an unknown expiry."""
+        remaining = self.expires_in(now)
+        return remaining is not None and remaining <= leeway
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object a store keeps: both tokens and ``expires_at`` (ISO 8601, UTC)."""
+        expires = self.expires_at.isoformat().replace("+00:00", "Z") if self.expires_at else None
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "expires_at": expires,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Token:
+        """The inverse of :meth:`to_dict`; raises ``ValueError`` (naming no secret) on bad data."""
+        access = data.get("access_token")
+        refresh = data.get("refresh_token")
+        expires = data.get("expires_at")
+        if not isinstance(access, str) or not access:
+            raise ValueError("access_token is missing or not a string")
+        if refresh is not None and not isinstance(refresh, str):
+            raise ValueError("refresh_token is not a string")
+        if expires is not None and not isinstance(expires, str):
+            raise ValueError("expires_at is not an ISO 8601 string")
+        try:
+            when = datetime.fromisoformat(expires) if expires else None
+        except ValueError:
+            raise ValueError(f"expires_at {expires!r} is not an ISO 8601 time") from None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return cls(access_token=access, refresh_token=refresh or None, expires_at=when)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where tokens live between runs and between processes.
+
+    ``lock()`` is held across a whole refresh (load, token request, save); it must exclude every
+    other holder that shares the store, in this process and, for shared stores, in others.
+    """
+
+    async def load(self) -> Token | None:
+        """The stored token, or None when there is none yet."""
+        ...
+
+    async def save(self, token: Token) -> None:
+        """Replace the stored token; done before the token is used."""
+        ...
+
+    def lock(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Exclusive access for one refresh."""
+        ...
+
+
+class MemoryTokenStore:
+    """Keeps the token in this process only: the default when no store is given."""
+
+    __slots__ = ("_lock", "_token")
+
+    def __init__(self, token: Token | None = None) -> None:
+        self._token = token
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore({'empty' if self._token is None else 'holding a token'})"
+
+    async def load(self) -> Token | None:
+        return self._token
+
+    async def save(self, token: Token) -> None:
+        self._token = token
+
+    def lock(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._lock
+
+
+class FileTokenStore:
+    """A JSON token file shared by every process that names it.
+
+    Written atomically (a temporary file in the same directory, then ``os.replace``) with mode 0600.
+    ``lock()`` holds a cross-process lock on ``<path>.lock`` (and an asyncio lock for this
+    process's coroutines), so processes sharing the file refresh once between them.
+    """
+
+    __slots__ = ("_file_lock", "_lock", "path")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = asyncio.Lock()
+        self._file_lock = filelock.FileLock(
+            f"{os.fspath(self.path)}.lock", mode=0o600, thread_local=False
+        )
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({os.fspath(self.path)!r})"
+
+    async def load(self) -> Token | None:
+        return await asyncio.to_thread(self._read)
+
+    async def save(self, token: Token) -> None:
+        await asyncio.to_thread(self._write, token)
+
+    @contextlib.asynccontextmanager
+    async def lock(self) -> AsyncIterator[None]:
+        async with self._lock:
+            abandoned = threading.Event()
+            acquiring = asyncio.ensure_future(asyncio.to_thread(self._acquire, abandoned))
+            try:
+                await asyncio.shield(acquiring)
+            except asyncio.CancelledError:
+                # The thread may still get the lock after we are cancelled: release it then.
+                abandoned.set()
+                acquiring.add_done_callback(self._release_if_acquired)
+                raise
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    def _acquire(self, abandoned: threading.Event) -> bool:
+        # Waits in slices: filelock refuses an endless wait on a path another instance in this
+        # process holds, and a cancelled caller's thread must be able to give up.
+        while not abandoned.is_set():
+            try:
+                self._file_lock.acquire(timeout=_LOCK_SLICE)
+            except filelock.Timeout:
+                continue
+            except OSError as error:
+                where = os.fspath(self.path)
+                raise TokenStoreError(
+                    f"cannot lock token file {where!r}: {_reason(error)}"
+                ) from None
+            return True
+        return False
+
+    def _release_if_acquired(self, future: asyncio.Future[bool]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result():
+            self._file_lock.release()
+
+    def _read(self) -> Token | None:
+        where = os.fspath(self.path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise TokenStoreError(f"cannot read token file {where!r}: {_reason(error)}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            # Not chained: a JSONDecodeError carries the whole document, secrets included.
+            raise TokenStoreError(
+                f"token file {where!r} is corrupt (not JSON: {_json_reason(error)}); "
+                "fix or delete it, then authorize again if needed"
+            ) from None
+        if not isinstance(data, dict):
+            raise TokenStoreError(f"token file {where!r} is corrupt: expected a JSON object")
+        try:
+            return Token.from_dict(data)
+        except ValueError as error:
+            raise TokenStoreError(f"token file {where!r} is corrupt: {error}") from None
+
+    def _write(self, token: Token) -> None:
+        where = os.fspath(self.path)
+        data = json.dumps(token.to_dict(), indent=2).encode()
+        tmp: str | None = None
+        try:
+            # mkstemp creates the file with mode 0600 before anything is written to it.
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError as error:
+            raise TokenStoreError(f"cannot write token file {where!r}: {_reason(error)}") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return type(error).__name__
+
+
+def _json_reason(error: ValueError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno} column {error.colno}"
+    return type(error).__name__
