@@ -1,4 +1,8 @@
-"""The README's Python examples run as written (each in a fresh interpreter, against the fake)."""
+"""The README's runnable examples run as written (each in a fresh interpreter, against the fake).
+
+Blocks fenced as ``python`` must run as they are; illustrative fragments that need real credentials
+are fenced as ``py``.
+"""
 
 from __future__ import annotations
 
