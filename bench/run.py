@@ -1,0 +1,202 @@
+"""rdfunnel's benchmarks: ``python bench/run.py`` (add ``--quick`` for a smoke run of seconds).
+
+Every figure is a ratio against raw aiohttp doing the same requests in the same run, or against
+an ideal, so it means the same on any machine. The fake RD Station runs in its own process; each
+measurement runs in a fresh client process, implementations interleaved, medians reported.
+Results go to bench/RESULTS.md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "worker.py"
+
+
+@contextmanager
+def fake_server(*options: str) -> Iterator[dict[str, Any]]:
+    """A FakeRDStation in its own process; yields its url and credentials."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rdfunnel.testing", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def measure(impl: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(WORKER), impl, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def interleaved(
+    impls: list[str], cfg: dict[str, Any], reps: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each implementation ``reps`` times, taking turns, so drift hits all alike."""
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for rep in range(reps):
+        order = impls[rep % len(impls) :] + impls[: rep % len(impls)]
+        for impl in order:
+            runs[impl].append(measure(impl, cfg))
+    return runs
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.notes: list[str] = []
+
+    def add(self, scenario: str, measure_: str, value: float, target: str, ok: bool) -> None:
+        self.rows.append((scenario, measure_, f"{value:.3g}", target, "yes" if ok else "**NO**"))
+        verdict = "ok" if ok else "MISSED"
+        print(f"{scenario:55} {measure_:45} {value:8.3f}  target {target:8} {verdict}")
+
+
+def cpu_scenario(report: Report, cfg: dict[str, Any], method: str, reps: int, httpx: bool) -> None:
+    impls = ["raw", "rdfunnel"] + (["httpx"] if httpx else [])
+    runs = interleaved(impls, {**cfg, "method": method}, reps)
+    raw = median(runs["raw"], "cpu")
+    name = f"{cfg['n']:,} funnel {method}s, concurrency {cfg['concurrency']}"
+    ratio = median(runs["rdfunnel"], "cpu") / raw
+    report.add(name, "client CPU s, rdfunnel / raw aiohttp", ratio, "<= 1.25", ratio <= 1.25)
+    if httpx:
+        other = median(runs["httpx"], "cpu") / raw
+        report.add(name, "client CPU s, httpx+authlib / raw aiohttp", other, "(reference)", True)
+    report.notes.append(
+        f"{name}: raw aiohttp {raw:.2f} CPU s ({cfg['n'] / raw:,.0f} requests per CPU s); "
+        f"rdfunnel {median(runs['rdfunnel'], 'cpu'):.2f} CPU s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    scale = 0.01 if args.quick else 1.0
+    reps = 1 if args.quick else args.reps
+
+    def size(n: int) -> int:
+        return max(int(n * scale), 20)
+
+    report = Report()
+    started = time.time()
+    with fake_server("--contacts", str(size(200_000))) as fake:
+        for method in ("GET", "PUT"):
+            cfg = {**fake, "n": size(20_000), "concurrency": 50}
+            cpu_scenario(report, cfg, method, reps, httpx=method == "GET")
+        small, big = size(10_000), size(200_000)
+        memory = {}
+        for n in (small, big):
+            memory[n] = measure("bulk", {**fake, "n": n, "concurrency": 50})["peak_rss_mb"]
+        growth = memory[big] - memory[small]
+        report.add(
+            f"{big:,} changes from a generator vs {small:,}",
+            "peak RSS difference, MB",
+            growth,
+            "<= 20",
+            growth <= 20,
+        )
+
+    latency = 0.05
+    with fake_server("--contacts", str(size(5_000)), "--latency", str(latency)) as fake:
+        n, c = size(5_000), 100
+        cfg = {**fake, "n": n, "concurrency": c, "method": "PUT"}
+        runs = interleaved(["bulk", "raw"], cfg, max(reps // 2, 1))
+        wall = median(runs["bulk"], "wall")
+        ideal = n / c * latency
+        name = f"{n:,} updates via update_many, {latency * 1000:.0f} ms latency, concurrency {c}"
+        report.add(name, "wall / (N / C x latency)", wall / ideal, "<= 1.15", wall / ideal <= 1.15)
+        vs_raw = wall / median(runs["raw"], "wall")
+        report.add(name, "wall / raw aiohttp wall", vs_raw, "<= 1.05", vs_raw <= 1.05)
+
+    with fake_server("--contacts", str(size(3_000)), "--account-rps", "200") as fake:
+        n = size(3_000)
+        capped = measure("bulk", {**fake, "n": n, "concurrency": 50, "max_rate": 200})
+        rate = (n / capped["wall"]) / 200
+        name = f"{n:,} updates with max_rate=200 (fake caps at 200/s)"
+        report.add(name, "achieved rate / 200", rate, ">= 0.95", rate >= 0.95 or args.quick)
+        report.add(name, "429s", capped["429s"], "0", capped["429s"] == 0)
+        free = measure("bulk", {**fake, "n": n, "concurrency": 50})
+        goodput = (n - free["failed"]) / free["wall"] / 200
+        share = free["429s"] / free["requests"]
+        name = f"{n:,} updates, fake caps at 200/s, no client cap"
+        report.add(name, "goodput / 200", goodput, ">= 0.80", goodput >= 0.80 or args.quick)
+        report.add(name, "429s / requests", share, "<= 0.05", share <= 0.05)
+
+    burst = measure("expired", {"n": size(1_000)})
+    name = f"{size(1_000):,} concurrent calls on an expired token"
+    report.add(name, "token requests", burst["token_requests"], "1", burst["token_requests"] == 1)
+    report.add(
+        name,
+        "added latency / one token round trip",
+        burst["added"] / burst["token_round_trip"],
+        "about 1",
+        True,
+    )
+    report.notes.append(
+        f"{name}: {burst['fresh'] * 1000:.0f} ms with a fresh token, "
+        f"{burst['expired'] * 1000:.0f} ms "
+        f"with an expired one (+{burst['added'] * 1000:.0f} ms); one token round trip alone: "
+        f"{burst['token_round_trip'] * 1000:.1f} ms"
+    )
+    write(args.out, report, time.time() - started, args.quick)
+
+
+def write(out: Path, report: Report, elapsed: float, quick: bool) -> None:
+    versions = ", ".join(
+        f"{name} {version(name)}"
+        for name in ("rdfunnel", "aiohttp", "attrs", "cattrs", "orjson", "httpx", "authlib")
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC{' (quick smoke run)' if quick else ''}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}",
+        f"- Python {platform.python_version()}; {versions}",
+        f"- took {elapsed:.0f} s; command: `python bench/run.py`",
+        "",
+        "| scenario | measure | value | target | met |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {' | '.join(row)} |" for row in report.rows),
+        "",
+        *(f"- {note}" for note in report.notes),
+        "",
+    ]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""One benchmark measurement in a fresh process: ``python bench/worker.py SCENARIO IMPL JSON``.
+
+Prints one JSON line: the client process's CPU seconds and wall seconds spent on the workload
+(set-up and a warm-up excluded), plus what the scenario counts. ``run.py`` drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from rdfunnel import FunnelUpdate, LifecycleStage, RDStation, RetryPolicy
+
+STAGES = list(LifecycleStage)
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def path(i: int) -> str:
+    return f"/platform/contacts/email:contact-{i}@example.com/funnels/default"
+
+
+async def workers(count: int, n: int, one: Callable[[int], Awaitable[Any]]) -> None:
+    """``count`` tasks sharing the indices 0..n-1: the same driver for every implementation."""
+    indices = iter(range(n))
+
+    async def work() -> None:
+        for i in indices:
+            await one(i)
+
+    await asyncio.gather(*(work() for _ in range(count)))
+
+
+async def access_token(session: aiohttp.ClientSession, cfg: dict[str, Any]) -> str:
+    body = {
+        "client_id": cfg["client_id"],
+        "client_secret": cfg["client_secret"],
+        "refresh_token": cfg["refresh_token"],
+    }
+    async with session.post(cfg["url"] + "/auth/token", json=body) as response:
+        return str((await response.json())["access_token"])
+
+
+async def measure(workload: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    start_cpu, start = cpu(), time.perf_counter()
+    extra = await workload()
+    result = {"cpu": cpu() - start_cpu, "wall": time.perf_counter() - start}
+    result.update(extra or {})
+    return result
+
+
+# -- raw aiohttp: the floor ------------------------------------------------------------------
+
+
+async def raw(cfg: dict[str, Any]) -> dict[str, Any]:
+    method, n, c = cfg["method"], cfg["n"], cfg["concurrency"]
+    connector = aiohttp.TCPConnector(limit=max(c, 100))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        token = await access_token(session, cfg)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        base = cfg["url"]
+        limited = 0
+
+        async def one(i: int) -> None:
+            nonlocal limited
+            if method == "GET":
+                request = session.get(base + path(i), headers=headers)
+            else:
+                body = json.dumps({"lifecycle_stage": STAGES[i % 3].value}).encode()
+                request = session.put(base + path(i), headers=headers, data=body)
+            async with request as response:
+                await response.json()
+                limited += response.status == 429
+
+        await workers(c, min(n, 50), one)  # warm-up: connections opened
+        return await measure(lambda: _with(workers(c, n, one), lambda: {"429s": limited}))
+
+
+async def _with(job: Awaitable[Any], extra: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    await job
+    return extra()
+
+
+# -- rdfunnel --------------------------------------------------------------------------------
+
+
+def client(cfg: dict[str, Any], **kwargs: Any) -> RDStation:
+    return RDStation(
+        client_id=cfg["client_id"],
+        client_secret=cfg["client_secret"],
+        refresh_token=cfg["refresh_token"],
+        base_url=cfg["url"],
+        retry=RetryPolicy(max_retries=5, backoff_base=0.05, backoff_cap=1.0),
+        **kwargs,
+    )
+
+
+async def rdfunnel(cfg: dict[str, Any]) -> dict[str, Any]:
+    method, n, c = cfg["method"], cfg["n"], cfg["concurrency"]
+    async with client(cfg, session=_session(c)) as rd:
+
+        async def one(i: int) -> None:
+            email = f"contact-{i}@example.com"
+            if method == "GET":
+                await rd.funnels.get(email)
+            else:
+                await rd.funnels.update(email, FunnelUpdate(lifecycle_stage=STAGES[i % 3]))
+
+        await workers(c, min(n, 50), one)
+        return await measure(lambda: workers(c, n, one))
+
+
+def _session(concurrency: int, counts: dict[str, int] | None = None) -> aiohttp.ClientSession:
+    """A session with room for ``concurrency`` connections; ``counts`` tallies answers by status."""
+    traces = []
+    if counts is not None:
+
+        async def on_end(_: Any, __: Any, params: aiohttp.TraceRequestEndParams) -> None:
+            counts["requests"] += 1
+            counts["429s"] += params.response.status == 429
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(on_end)
+        traces.append(trace)
+    connector = aiohttp.TCPConnector(limit=max(concurrency, 100))
+    return aiohttp.ClientSession(connector=connector, trace_configs=traces)
+
+
+def changes(n: int, offset: int = 0) -> Iterator[tuple[str, FunnelUpdate]]:
+    for i in range(n):
+        yield (
+            f"contact-{(i + offset) % 1_000_000}@example.com",
+            FunnelUpdate(lifecycle_stage=STAGES[i % 3]),
+        )
+
+
+async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
+    n, c = cfg["n"], cfg["concurrency"]
+    counts = {"requests": 0, "429s": 0}
+    session = _session(c, counts)
+    async with client(cfg, session=session) as rd:
+        await rd.funnels.get("contact-0@example.com")  # token and a first connection
+        counts.update(requests=0, **{"429s": 0})
+
+        async def job() -> dict[str, Any]:
+            async with rd.funnels.update_many(
+                changes(n), concurrency=c, max_rate=cfg.get("max_rate")
+            ) as run:
+                failed = sum([not result.ok async for result in run])
+            summary = run.summary
+            return {
+                "failed": failed,
+                "retries": summary.retries,
+                "errors": summary.errors,
+                **counts,
+            }
+
+        result = await measure(job)
+    await session.close()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+# -- httpx + authlib: what a user would otherwise pick ---------------------------------------
+
+
+async def httpx_authlib(cfg: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+    n, c = cfg["n"], cfg["concurrency"]
+    async with aiohttp.ClientSession() as session:
+        token = await access_token(session, cfg)
+    limits = httpx.Limits(max_connections=max(c, 100), max_keepalive_connections=max(c, 100))
+    async with AsyncOAuth2Client(
+        cfg["client_id"],
+        cfg["client_secret"],
+        token={"access_token": token, "token_type": "Bearer"},
+        limits=limits,
+    ) as oauth:
+        base = cfg["url"]
+
+        async def one(i: int) -> None:
+            response = await oauth.get(base + path(i))
+            response.json()
+
+        await workers(c, min(n, 50), one)
+        return await measure(lambda: workers(c, n, one))
+
+
+# -- 1,000 calls on an expired token ---------------------------------------------------------
+
+
+async def expired(cfg: dict[str, Any]) -> dict[str, Any]:
+    from rdfunnel.testing import FakeRDStation
+
+    n = cfg["n"]
+    async with FakeRDStation(contacts=n) as fake, fake.client(session=_session(n)) as rd:
+
+        async def burst() -> float:
+            start = time.perf_counter()
+            await asyncio.gather(*(rd.funnels.get(f"contact-{i}@example.com") for i in range(n)))
+            return time.perf_counter() - start
+
+        await burst()  # warm: token and connections
+        fresh = sorted([await burst() for _ in range(3)])[1]
+        fake.reset_stats()
+        fake.expire_tokens()
+        stale = await burst()
+        grants = dict(fake.stats.grants)
+        async with aiohttp.ClientSession() as session:
+            start = time.perf_counter()
+            await access_token(session, {**cfg, **_creds(fake)})
+            token_trip = time.perf_counter() - start
+    return {
+        "fresh": fresh,
+        "expired": stale,
+        "added": stale - fresh,
+        "token_round_trip": token_trip,
+        "token_requests": grants.get("refresh", 0),
+        "cpu": 0.0,
+        "wall": stale,
+    }
+
+
+def _creds(fake: Any) -> dict[str, str]:
+    return {
+        "url": fake.url,
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "refresh_token": fake.refresh_token,
+    }
+
+
+IMPLS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "raw": raw,
+    "rdfunnel": rdfunnel,
+    "bulk": bulk,
+    "httpx": httpx_authlib,
+    "expired": expired,
+}
+
+
+def main() -> None:
+    impl, cfg = sys.argv[1], json.loads(sys.argv[2])
+    if cfg.get("uvloop"):
+        import uvloop
+
+        uvloop.install()
+    result = asyncio.run(IMPLS[impl](cfg))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
