@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from asyncio import sleep
 from time import monotonic
-from typing import Protocol
+from typing import Final, Protocol
 
 from .errors import ValidationError
 
 __all__ = ["LocalRateLimiter", "RateLimiter"]
+
+#: After an account-wide 429, run at this share of the rate that led up to it.
+LEARNED_SHARE: Final = 0.9
+#: A learned rate is forgotten after this many seconds without an account-wide 429.
+FORGET_AFTER: Final = 60.0
+#: Fewer requests than this since the limit last reset say little about the quota: others on the
+#: account used it up. Then the limiter only pauses.
+MIN_SAMPLE: Final = 20
 
 
 class RateLimiter(Protocol):
@@ -32,9 +40,23 @@ class LocalRateLimiter:
 
     Each caller reserves the next free slot and sleeps until it, so waiting callers are served in
     arrival order and no burst exceeds the cap. ``max_rate=None`` only applies pauses.
+
+    An account-wide 429 this client ran into (after at least 20 requests) also teaches it the
+    account's pace: until a minute passes without another one, requests are spaced at 90% of the
+    rate that hit the limit (requests since the limit last reset, over the longer of that time and
+    the wait asked for), so the client settles just under the quota instead of bursting into it and
+    pausing again and again.
     """
 
-    __slots__ = ("_interval", "_next_slot", "_paused_until")
+    __slots__ = (
+        "_active_since",
+        "_admitted",
+        "_interval",
+        "_last_limited",
+        "_learned",
+        "_next_slot",
+        "_paused_until",
+    )
 
     def __init__(self, max_rate: float | None = None) -> None:
         if max_rate is not None and max_rate <= 0:
@@ -44,6 +66,10 @@ class LocalRateLimiter:
         self._interval = 1.0 / max_rate if max_rate else 0.0
         self._next_slot = 0.0
         self._paused_until = 0.0
+        self._learned = 0.0  # seconds between requests learned from a 429; 0: none
+        self._last_limited = 0.0
+        self._admitted = 0
+        self._active_since: float | None = None
 
     def __repr__(self) -> str:
         rate = f"{1 / self._interval:g}/s" if self._interval else "unlimited"
@@ -55,10 +81,19 @@ class LocalRateLimiter:
             if self._paused_until > now:
                 await sleep(self._paused_until - now)
                 continue
-            if not self._interval:
+            if self._active_since is None:
+                self._active_since = now
+            self._admitted += 1
+            interval = self._interval
+            if self._learned:
+                if now - self._last_limited > FORGET_AFTER:
+                    self._learned = 0.0
+                else:
+                    interval = max(interval, self._learned)
+            if not interval:
                 return
             slot = max(self._next_slot, now)
-            self._next_slot = slot + self._interval
+            self._next_slot = slot + interval
             if slot > now:
                 await sleep(slot - now)
                 if self._paused_until > monotonic():
@@ -66,4 +101,15 @@ class LocalRateLimiter:
             return
 
     async def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, monotonic() + seconds)
+        now = monotonic()
+        if self._paused_until <= now:  # the first 429 of this episode: learn the pace
+            # What ran into the limit since it last reset, over the quota's window as best seen:
+            # the time we ran, or the wait it asks for (a burst that hit it at once).
+            active = now - (self._active_since if self._active_since is not None else now)
+            window = max(active, seconds)
+            if window > 0 and self._admitted >= MIN_SAMPLE:
+                self._learned = max(self._learned, window / (self._admitted * LEARNED_SHARE))
+            self._last_limited = now
+            self._admitted = 0
+            self._active_since = now + seconds
+        self._paused_until = max(self._paused_until, now + seconds)

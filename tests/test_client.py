@@ -13,7 +13,15 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-from rdfunnel import Contact, Funnel, FunnelUpdate, LifecycleStage, RDStation, RetryPolicy
+from rdfunnel import (
+    Contact,
+    Funnel,
+    FunnelUpdate,
+    LifecycleStage,
+    LocalRateLimiter,
+    RDStation,
+    RetryPolicy,
+)
 from rdfunnel.errors import (
     BadRequestError,
     NotFoundError,
@@ -383,3 +391,33 @@ def test_secrets_stay_out_of_repr() -> None:
 def test_credentials_are_required() -> None:
     with pytest.raises(ValidationError, match="credentials"):
         RDStation()
+
+
+async def test_the_limiter_learns_the_accounts_pace_from_a_429(clock: VirtualClock) -> None:
+    limiter = LocalRateLimiter()
+    for _ in range(250):  # a burst that ran into a 200-per-second quota
+        await limiter.acquire()
+    clock.now += 0.05
+    await limiter.pause(1.0)
+    await limiter.pause(1.0)  # the other requests of the burst: one episode, learned once
+    start = clock.now
+    for _ in range(11):
+        await limiter.acquire()
+    # 250 requests over the 1 s window: now spaced at 90% of that, 225 per second.
+    assert clock.now - start == pytest.approx(1.0 + 10 / 225)
+    clock.now += 61  # a minute without a 429: the pace is forgotten
+    before = clock.now
+    for _ in range(100):
+        await limiter.acquire()
+    assert clock.now == before
+
+
+async def test_a_few_requests_teach_the_limiter_nothing(clock: VirtualClock) -> None:
+    limiter = LocalRateLimiter()
+    for _ in range(3):  # others on the account used the quota up
+        await limiter.acquire()
+    await limiter.pause(2.0)
+    start = clock.now
+    for _ in range(50):
+        await limiter.acquire()
+    assert clock.now - start == pytest.approx(2.0)  # the pause, then no pacing
