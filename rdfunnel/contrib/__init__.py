@@ -1,0 +1,1 @@
+"""Integrations with optional dependencies; each module needs its extra, e.g. rdfunnel[fastapi]."""
