@@ -24,20 +24,27 @@ except ImportError:  # pragma: no cover - the message is the behaviour
     sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
 
 from ..client import DEFAULT_BASE_URL, RDStation
-from ..errors import AuthenticationError, RDStationError
+from ..errors import AuthenticationError, RDStationError, ValidationError
 from ..models import NOT_SET, Funnel, FunnelUpdate
 from ..tokens import FileTokenStore
 from ._bulk import Outcome, check_file, run_file
-from ._rows import Journal
+from ._rows import Journal, check_file_shape
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 NO_APP = "set RDSTATION_CLIENT_ID and RDSTATION_CLIENT_SECRET (or --client-id and --client-secret)"
 
+LOGIN_AGAIN = "run `rdfunnel auth login` to authorize again"
+
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a message stays on one line however narrow the terminal, so it can be grepped.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Aborted(Exception):
+    """A second Ctrl-C cancelled the requests in flight."""
 
 
 @attrs.frozen
@@ -78,12 +85,29 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except AuthenticationError as exc:
-        fail(f"{exc}", EXIT_AUTH)
+        fail(f"{exc} ({LOGIN_AGAIN})", EXIT_AUTH)
+    except ValidationError as exc:
+        fail(str(exc))
     except RDStationError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    except Aborted:
+        fail(
+            "aborted: rows in flight may not be in the results file; run again with --resume",
+            EXIT_INTERRUPTED,
+        )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Group):
+    """The root group: Ctrl-C outside a bulk run's own handling exits 130, not click's 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--client-id", envvar="RDSTATION_CLIENT_ID", help="[env: RDSTATION_CLIENT_ID]")
 @click.option(
     "--client-secret", envvar="RDSTATION_CLIENT_SECRET", help="[env: RDSTATION_CLIENT_SECRET]"
@@ -135,11 +159,17 @@ def bulk(
     resume: bool,
     dry_run: bool,
 ) -> None:
-    """Apply the changes in FILE (CSV or JSONL) to the contacts' funnels.
+    """Apply the changes in FILE (CSV, comma or semicolon separated, or JSONL) to the funnels.
 
     Columns (or JSON keys): email or uuid, lifecycle_stage, opportunity, contact_owner_email. An
     empty cell leaves a field unchanged; an owner of `null` (JSON null in JSONL) clears it.
     """
+    try:
+        problem = check_file_shape(file)
+    except UnicodeDecodeError as exc:
+        fail(f"{file} is not UTF-8 text ({exc.reason}): save it as UTF-8")
+    if problem is not None:
+        fail(f"{file}: {problem}")
     if dry_run:
         outcome = check_file(file, err)
         out.print(f"{outcome.rows} rows checked, {outcome.bad_rows} bad; nothing was sent")
@@ -149,6 +179,8 @@ def bulk(
         journal = Journal(journal_path, resume=resume)
     except FileExistsError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot open the results file {journal_path}: {exc.strerror or exc}")
     try:
         outcome = run(_bulk(settings, file, journal, concurrency, max_rate))
     finally:
@@ -179,17 +211,29 @@ async def _run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+    aborted = False
 
     def interrupt() -> None:
-        if stop.is_set() and task is not None:
-            task.cancel()
+        nonlocal aborted
+        if stop.is_set():
+            if task is not None and not aborted:
+                aborted = True
+                task.cancel()
             return
         stop.set()
         err.print("[yellow]stopping: finishing the requests in flight (Ctrl-C again to abort)[/]")
 
-    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows: Ctrl-C aborts
+        return await job(stop)
     try:
         return await job(stop)
+    except asyncio.CancelledError:
+        if not aborted or task is None:
+            raise
+        task.uncancel()
+        raise Aborted from None
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
@@ -219,7 +263,8 @@ def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> No
     table.add_row("throughput", f"{rate:,.0f} updates/s")
     out.print(table)
     if outcome.stopped_by is not None:
-        err.print(f"[red]stopped early:[/] {outcome.stopped_by}", highlight=False)
+        hint = f" ({LOGIN_AGAIN})" if isinstance(outcome.stopped_by, AuthenticationError) else ""
+        err.print(f"[red]stopped early:[/] {outcome.stopped_by}{hint}", highlight=False)
     if outcome.interrupted:
         err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
     out.print(f"results: {journal}", highlight=False)
@@ -351,12 +396,16 @@ def auth_status(settings: Settings) -> None:
 
     async def status() -> None:
         token = await settings.store().load()
-        if token is None:
-            fail(f"no token in {settings.token_file}; run `rdfunnel auth login`", EXIT_AUTH)
         out.print(f"token file: {settings.token_file}", highlight=False)
-        out.print(f"access token: {token.access_token[:4]}… (masked)", highlight=False)
-        expiry = token.expires_at.isoformat() if token.expires_at else "unknown"
-        out.print(f"expires at: {expiry}")
+        if token is None:
+            if not settings.refresh_token:
+                fail(f"no token in {settings.token_file}; run `rdfunnel auth login`", EXIT_AUTH)
+            out.print("no token saved yet: the refresh token given will be used")
+        else:
+            # The last characters tell tokens apart; RD's JWTs all begin alike.
+            out.print(f"access token: …{token.access_token[-4:]} (masked)", highlight=False)
+            expiry = token.expires_at.isoformat() if token.expires_at else "unknown"
+            out.print(f"expires at: {expiry}", highlight=False)
         async with settings.client() as rd:
             info = await rd.account_info()
         out.print(f"[green]RD accepts it:[/] account {info.get('name', '?')!r}", highlight=False)

@@ -149,7 +149,7 @@ async def run_file(
         ) as run:
             async for result in run:
                 row = rows_by_index.pop(result.index)
-                journal.record(row.number, result.contact, result.error, result.attempts)
+                journal.record(row.number, row.contact, result.error, result.attempts)
                 if result.ok:
                     outcome.succeeded += 1
                 elif isinstance(result.error, NotAttemptedError):

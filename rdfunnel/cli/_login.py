@@ -53,7 +53,13 @@ async def login(
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LoginError(
+                f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}): "
+                "pass another --port (0: any free port)"
+            ) from None
         actual_port = runner.addresses[0][1]
         redirect_uri = f"http://127.0.0.1:{actual_port}/callback"
         url, state = authorization_url(client_id, redirect_uri, base_url=base_url)

@@ -13,14 +13,25 @@ import attrs
 from ..errors import RDStationError, ValidationError
 from ..models import NOT_SET, Contact, FunnelUpdate
 
-__all__ = ["CLEAR_OWNER", "Journal", "Row", "count_rows", "read_rows"]
+__all__ = [
+    "CLEAR_OWNER",
+    "COLUMNS",
+    "Journal",
+    "Row",
+    "check_file_shape",
+    "count_rows",
+    "read_rows",
+]
+
+#: The columns of a CSV change file, and the keys of a JSONL one.
+COLUMNS = ("email", "uuid", "lifecycle_stage", "opportunity", "contact_owner_email")
 
 #: The CSV cell that clears a contact's owner (an empty cell leaves it unchanged). In JSONL,
 #: ``null`` clears it. No email address can be spelled this way.
 CLEAR_OWNER = "null"
 
-_TRUE = {"true", "yes", "1", "y", "t"}
-_FALSE = {"false", "no", "0", "n", "f"}
+_TRUE = {"true", "yes", "1", "y", "t", "sim", "s"}
+_FALSE = {"false", "no", "0", "n", "f", "não", "nao"}
 
 
 @attrs.frozen
@@ -51,11 +62,44 @@ def count_rows(path: Path) -> int:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         if _is_jsonl(path):
             return sum(1 for line in handle if line.strip())
-        return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+        records = csv.reader(handle, delimiter=_delimiter(handle))
+        return max(sum(1 for record in records if record) - 1, 0)  # blank lines are no rows
+
+
+def check_file_shape(path: Path) -> str | None:
+    """What makes ``path`` unusable as a whole (its CSV header), or None.
+
+    Reads the whole file, so that a file in another encoding than UTF-8 is refused before any
+    row is sent (``UnicodeDecodeError``). A JSONL file's keys are checked row by row.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        if _is_jsonl(path):
+            for _ in handle:
+                pass
+            return None
+        header = next(csv.reader(handle, delimiter=_delimiter(handle)), [])
+        for _ in handle:
+            pass
+    names = [name.strip().lower() for name in header if name.strip()]
+    unknown = [name for name in names if name not in COLUMNS]
+    if unknown:
+        return (
+            f"unknown column {', '.join(map(repr, unknown))}; the columns are {', '.join(COLUMNS)}"
+        )
+    if not {"email", "uuid"} & set(names):
+        return f"the header names no email or uuid column; the columns are {', '.join(COLUMNS)}"
+    return None
+
+
+def _delimiter(handle: IO[str]) -> str:
+    """``;`` when the header uses it (spreadsheets set to Portuguese save so), else ``,``."""
+    first = handle.readline()
+    handle.seek(0)
+    return ";" if first.count(";") > first.count(",") else ","
 
 
 def _csv_rows(handle: IO[str]) -> Iterator[Row]:
-    reader = csv.DictReader(handle)
+    reader = csv.DictReader(handle, delimiter=_delimiter(handle))
     for record in reader:
         cells = {key.strip().lower(): (value or "").strip() for key, value in record.items() if key}
         yield _row(reader.line_num, cells, from_csv=True)
@@ -84,6 +128,9 @@ def _row(number: int, cells: Mapping[str, Any], *, from_csv: bool) -> Row:
             raise ValidationError("give either email or uuid, not both")
         if not contact:
             raise ValidationError("no email or uuid")
+        unknown = sorted(set(cells) - set(COLUMNS))
+        if unknown:  # a CSV's header is checked once, before any row is read
+            raise ValidationError(f"unknown field {', '.join(map(repr, unknown))}")
         who = Contact.email(str(email)) if email else Contact.uuid(str(uuid))
         return Row(number, contact, change=(who, _update(cells, from_csv=from_csv)))
     except ValidationError as exc:

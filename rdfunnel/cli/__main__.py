@@ -1,0 +1,5 @@
+"""``python -m rdfunnel.cli``: the ``rdfunnel`` command."""
+
+from . import main
+
+main()
