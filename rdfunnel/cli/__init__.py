@@ -249,17 +249,17 @@ def _exit_status(outcome: Outcome) -> int:
 def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> None:
     table = Table(title="rdfunnel bulk run", show_header=False)
     table.add_row("rows", f"{outcome.rows:,}")
-    table.add_row("updated", f"[green]{outcome.succeeded:,}[/]")
+    table.add_row("updated", f"[green]{outcome.sent.succeeded:,}[/]")
     if outcome.skipped:
         table.add_row("already done (skipped)", f"{outcome.skipped:,}")
     for name, count in sorted(outcome.errors.items(), key=lambda item: -item[1]):
         table.add_row(f"failed: {name}", f"[red]{count:,}[/]")
-    table.add_row("retries", f"{outcome.retries:,}")
+    table.add_row("retries", f"{outcome.sent.retries:,}")
     if refreshes is not None:
         table.add_row("token refreshes", f"{refreshes:,}")
-    sent = outcome.succeeded + outcome.failed
-    rate = sent / outcome.elapsed if outcome.elapsed else 0.0
-    table.add_row("elapsed", f"{outcome.elapsed:.1f} s")
+    elapsed = outcome.sent.elapsed
+    rate = (outcome.sent.succeeded + outcome.sent.failed) / elapsed if elapsed else 0.0
+    table.add_row("elapsed", f"{elapsed:.1f} s")
     table.add_row("throughput", f"{rate:,.0f} updates/s")
     out.print(table)
     if outcome.stopped_by is not None:

@@ -20,8 +20,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..bulk import BulkSummary
 from ..client import RDStation
-from ..errors import NotAttemptedError, ValidationError
+from ..errors import ValidationError
 from ..models import Contact, FunnelUpdate
 from ._rows import Journal, Row, count_rows, read_rows
 
@@ -31,25 +32,36 @@ __all__ = ["Outcome", "check_file", "run_file"]
 MAX_PRINTED_PROBLEMS = 50
 
 
+_NOTHING_SENT = BulkSummary(0, 0, 0, 0, {}, 0, 0.0)
+
+
 @attrs.define
 class Outcome:
-    """What a run of a change file did, row by row, in totals."""
+    """What a run of a change file did: the engine's summary of the rows it sent, plus the rows
+    that never reached it (bad, or already done in an earlier run)."""
 
     rows: int = 0
-    succeeded: int = 0
-    failed: int = 0
     bad_rows: int = 0
     skipped: int = 0
-    not_attempted: int = 0
-    retries: int = 0
-    elapsed: float = 0.0
-    errors: Counter[str] = attrs.field(factory=Counter)
     interrupted: bool = False
+    sent: BulkSummary = _NOTHING_SENT
     stopped_by: BaseException | None = None
 
     @property
+    def failed(self) -> int:
+        """Rows that did not succeed: bad, failed, or never sent because the run stopped."""
+        return self.bad_rows + self.sent.failed + self.sent.not_attempted
+
+    @property
+    def errors(self) -> dict[str, int]:
+        counts = Counter(self.sent.errors)
+        if self.bad_rows:
+            counts["ValidationError"] += self.bad_rows
+        return dict(counts)
+
+    @property
     def all_ok(self) -> bool:
-        return not (self.failed or self.bad_rows or self.not_attempted or self.interrupted)
+        return not (self.failed or self.interrupted)
 
 
 class _Problems:
@@ -114,14 +126,17 @@ async def run_file(
 
     def advance() -> None:
         elapsed = progress.tasks[0].elapsed or 0.0
-        done = outcome.succeeded + outcome.failed + outcome.not_attempted + outcome.bad_rows
+        done = outcome.sent.total + outcome.bad_rows
         progress.update(
             task,
             advance=1,
             rate=done / elapsed if elapsed else 0.0,
-            ok=outcome.succeeded,
-            failed=outcome.failed + outcome.bad_rows + outcome.not_attempted,
+            ok=outcome.sent.succeeded,
+            failed=outcome.failed,
         )
+
+    def keep_totals(summary: BulkSummary) -> None:
+        outcome.sent = summary
 
     def changes() -> Iterator[tuple[Contact, FunnelUpdate]]:
         for row in read_rows(path):
@@ -135,7 +150,6 @@ async def run_file(
                 continue
             if row.change is None:
                 outcome.bad_rows += 1
-                outcome.errors["ValidationError"] += 1
                 problems.report(row)
                 journal.record(row.number, row.contact, ValidationError(row.problem), 0)
                 advance()
@@ -145,21 +159,15 @@ async def run_file(
 
     with progress:
         async with rd.funnels.update_many(
-            changes(), concurrency=concurrency, max_rate=max_rate
+            changes(),
+            concurrency=concurrency,
+            max_rate=max_rate,
+            on_progress=keep_totals,
         ) as run:
             async for result in run:
                 row = rows_by_index.pop(result.index)
                 journal.record(row.number, row.contact, result.error, result.attempts)
-                if result.ok:
-                    outcome.succeeded += 1
-                elif isinstance(result.error, NotAttemptedError):
-                    outcome.not_attempted += 1
-                else:
-                    outcome.failed += 1
-                if result.error is not None:
-                    outcome.errors[type(result.error).__name__] += 1
-                outcome.retries += max(result.attempts - 1, 0)
                 advance()
+        outcome.sent = run.summary
         outcome.stopped_by = run.stopped_by
-        outcome.elapsed = run.summary.elapsed
     return outcome
