@@ -117,12 +117,14 @@ class Transport:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         encoded: bool = True,
+        resend_limiter: RateLimiter | None = None,
     ) -> tuple[Any, int]:
         """Send one API request until it succeeds or fails for good.
 
         Returns the decoded JSON body (None when empty) and how many times it was sent. ``path``
         is taken as already percent-encoded unless ``encoded`` is False. Raised errors carry
-        ``attempts``.
+        ``attempts``. ``resend_limiter`` is a further limiter every re-send (retry or replay) must
+        pass: a bulk run's own cap, whose engine admits first sends itself.
         """
         session = self.session
         url = URL(self._base_url + path, encoded=encoded)
@@ -130,6 +132,8 @@ class Transport:
         attempts = retries = 0
         replayed = False
         while True:
+            if attempts and resend_limiter is not None:
+                await resend_limiter.acquire()
             await self._limiter.acquire()
             token = await self._tokens.access_token(session)
             attempts += 1

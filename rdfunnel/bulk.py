@@ -34,7 +34,8 @@ from .errors import (
     ValidationError,
 )
 from .models import Contact, Funnel, FunnelUpdate
-from .ratelimit import LocalRateLimiter
+from .ratelimit import RateLimiter
+from .tokens import TokenStoreError
 
 __all__ = ["BulkResult", "BulkRun", "BulkSummary"]
 
@@ -44,7 +45,7 @@ Changes = (
 )
 
 #: Errors after which no other request can succeed: the run stops pulling input.
-_TERMINAL = (InvalidRefreshTokenError, InvalidCredentialsError)
+_TERMINAL = (InvalidRefreshTokenError, InvalidCredentialsError, TokenStoreError)
 
 
 @attrs.frozen
@@ -86,14 +87,14 @@ class BulkRun:
         apply: Apply,
         *,
         concurrency: int = 16,
-        max_rate: float | None = None,
+        limiter: RateLimiter | None = None,
         on_progress: Callable[[BulkSummary], object] | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
         self._apply = apply
         self._concurrency = concurrency
-        self._limiter = LocalRateLimiter(max_rate) if max_rate is not None else None
+        self._limiter = limiter
         self._on_progress = on_progress
         self._input: Iterator[Any] | AsyncIterator[Any] = (
             aiter(changes) if isinstance(changes, AsyncIterable) else iter(changes)

@@ -240,20 +240,30 @@ class Funnels:
         workers free up. Changes to one contact run one at a time, in input order. ``max_rate``
         caps this run's requests per second, on top of the client's own cap.
         """
-        apply = functools.partial(self._apply, funnel=funnel)
+        # The run admits each change's first send; its retries pass the same limiter in the
+        # transport, so the cap counts every request the run makes.
+        limiter = LocalRateLimiter(max_rate) if max_rate is not None else None
+        apply = functools.partial(self._apply, funnel=funnel, resend_limiter=limiter)
         return BulkRun(
-            changes, apply, concurrency=concurrency, max_rate=max_rate, on_progress=on_progress
+            changes, apply, concurrency=concurrency, limiter=limiter, on_progress=on_progress
         )
 
     async def _apply(
-        self, contact: Contact | str, update: FunnelUpdate, *, funnel: str = "default"
+        self,
+        contact: Contact | str,
+        update: FunnelUpdate,
+        *,
+        funnel: str = "default",
+        resend_limiter: RateLimiter | None = None,
     ) -> tuple[Funnel, int]:
         """Send one update; return the stored funnel and how many attempts it took."""
         if not isinstance(update, FunnelUpdate):
             raise ValidationError(f"update must be a FunnelUpdate, got {update!r}")
         path = funnel_path(contact, funnel)
         body = update_to_json(update, self._clear_owner_as)
-        payload, attempts = await self._transport.send("PUT", path, json=body)
+        payload, attempts = await self._transport.send(
+            "PUT", path, json=body, resend_limiter=resend_limiter
+        )
         return funnel_from_json(payload), attempts
 
 

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from rdfunnel import BulkResult, BulkRun, Contact, Funnel, FunnelUpdate, LifecycleStage
+from rdfunnel import (
+    BulkResult,
+    BulkRun,
+    Contact,
+    Funnel,
+    FunnelUpdate,
+    LifecycleStage,
+    LocalRateLimiter,
+)
 from rdfunnel.errors import (
     InvalidRefreshTokenError,
     NotAttemptedError,
@@ -248,14 +256,14 @@ async def test_a_broken_input_is_raised_after_the_results_it_gave() -> None:
     assert sorted(seen) == [0, 1, 2, 3, 4]
 
 
-async def test_max_rate_spaces_the_requests(clock: VirtualClock) -> None:
+async def test_the_limiter_spaces_the_first_sends(clock: VirtualClock) -> None:
     sent_at: list[float] = []
 
     async def apply(contact: Contact, update: FunnelUpdate) -> tuple[Funnel, int]:
         sent_at.append(clock.now)
         return Funnel(), 1
 
-    await collect(BulkRun(changes(11), apply, concurrency=4, max_rate=5))
+    await collect(BulkRun(changes(11), apply, concurrency=4, limiter=LocalRateLimiter(5)))
     assert sent_at[-1] - sent_at[0] == pytest.approx(2.0)
 
 
