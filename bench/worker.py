@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 
-from rdfunnel import FunnelUpdate, LifecycleStage, RDStation, RetryPolicy
+from rdfunnel import FunnelUpdate, LifecycleStage, RDStation, RetryPolicy, Token
 
 STAGES = list(LifecycleStage)
 
@@ -82,7 +84,7 @@ async def raw(cfg: dict[str, Any]) -> dict[str, Any]:
                 await response.json()
                 limited += response.status == 429
 
-        await workers(c, min(n, 50), one)  # warm-up: connections opened
+        await workers(c, c, one)  # warm-up: every connection opened
         return await measure(lambda: _with(workers(c, n, one), lambda: {"429s": limited}))
 
 
@@ -95,10 +97,10 @@ async def _with(job: Awaitable[Any], extra: Callable[[], dict[str, Any]]) -> dic
 
 
 def client(cfg: dict[str, Any], **kwargs: Any) -> RDStation:
+    kwargs.setdefault("refresh_token", cfg["refresh_token"])
     return RDStation(
         client_id=cfg["client_id"],
         client_secret=cfg["client_secret"],
-        refresh_token=cfg["refresh_token"],
         base_url=cfg["url"],
         retry=RetryPolicy(max_retries=5, backoff_base=0.05, backoff_cap=1.0),
         **kwargs,
@@ -107,7 +109,7 @@ def client(cfg: dict[str, Any], **kwargs: Any) -> RDStation:
 
 async def rdfunnel(cfg: dict[str, Any]) -> dict[str, Any]:
     method, n, c = cfg["method"], cfg["n"], cfg["concurrency"]
-    async with client(cfg, session=_session(c)) as rd:
+    async with _session(c) as session, client(cfg, session=session) as rd:
 
         async def one(i: int) -> None:
             email = f"contact-{i}@example.com"
@@ -116,7 +118,7 @@ async def rdfunnel(cfg: dict[str, Any]) -> dict[str, Any]:
             else:
                 await rd.funnels.update(email, FunnelUpdate(lifecycle_stage=STAGES[i % 3]))
 
-        await workers(c, min(n, 50), one)
+        await workers(c, c, one)
         return await measure(lambda: workers(c, n, one))
 
 
@@ -147,9 +149,9 @@ def changes(n: int, offset: int = 0) -> Iterator[tuple[str, FunnelUpdate]]:
 async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
     n, c = cfg["n"], cfg["concurrency"]
     counts = {"requests": 0, "429s": 0}
-    session = _session(c, counts)
+    session = _session(c, counts if cfg.get("count") else None)  # tracing costs CPU
     async with client(cfg, session=session) as rd:
-        await rd.funnels.get("contact-0@example.com")  # token and a first connection
+        await asyncio.gather(*(rd.funnels.get(f"contact-{i}@example.com") for i in range(c)))
         counts.update(requests=0, **{"429s": 0})
 
         async def job() -> dict[str, Any]:
@@ -198,47 +200,62 @@ async def httpx_authlib(cfg: dict[str, Any]) -> dict[str, Any]:
         return await measure(lambda: workers(c, n, one))
 
 
-# -- 1,000 calls on an expired token ---------------------------------------------------------
+# -- 1,000 calls on an expired token -----------------------------------------------------------
 
 
 async def expired(cfg: dict[str, Any]) -> dict[str, Any]:
-    from rdfunnel.testing import FakeRDStation
+    """Bursts of ``n`` concurrent calls with a fresh token and with one the client knows expired.
 
-    n = cfg["n"]
-    async with FakeRDStation(contacts=n) as fake, fake.client(session=_session(n)) as rd:
+    One shared, warm session, so the difference is the refresh alone; pairs interleaved.
+    """
+    n, reps = cfg["n"], cfg.get("reps", 5)
+    token_requests = 0
 
-        async def burst() -> float:
+    async def on_end(_: Any, __: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        nonlocal token_requests
+        token_requests += params.url.path == "/auth/token"
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        body = {key: cfg[key] for key in ("client_id", "client_secret", "refresh_token")}
+
+        async def token_trip() -> tuple[Token, float]:
             start = time.perf_counter()
-            await asyncio.gather(*(rd.funnels.get(f"contact-{i}@example.com") for i in range(n)))
-            return time.perf_counter() - start
+            async with session.post(cfg["url"] + "/auth/token", json=body) as response:
+                token = Token.from_response(await response.json())
+            return token, time.perf_counter() - start
 
-        await burst()  # warm: token and connections
-        fresh = sorted([await burst() for _ in range(3)])[1]
-        fake.reset_stats()
-        fake.expire_tokens()
-        stale = await burst()
-        grants = dict(fake.stats.grants)
-        async with aiohttp.ClientSession() as session:
-            start = time.perf_counter()
-            await access_token(session, {**cfg, **_creds(fake)})
-            token_trip = time.perf_counter() - start
+        fresh, _ = await token_trip()
+        stale = Token(
+            access_token=fresh.access_token,
+            refresh_token=fresh.refresh_token,
+            expires_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+
+        async def burst(token: Token) -> float:
+            async with client(cfg, token=token, session=session) as rd:
+                start = time.perf_counter()
+                await asyncio.gather(
+                    *(rd.funnels.get(f"contact-{i}@example.com") for i in range(n))
+                )
+                return time.perf_counter() - start
+
+        await burst(fresh)  # warm: connections open
+        trips = [(await token_trip())[1] for _ in range(reps)]
+        token_requests = 0
+        fresh_times, stale_times = [], []
+        for _ in range(reps):
+            fresh_times.append(await burst(fresh))
+            stale_times.append(await burst(stale))
     return {
-        "fresh": fresh,
-        "expired": stale,
-        "added": stale - fresh,
-        "token_round_trip": token_trip,
-        "token_requests": grants.get("refresh", 0),
+        "fresh": statistics.median(fresh_times),
+        "expired": statistics.median(stale_times),
+        "token_round_trip": statistics.median(trips),
+        "token_requests_per_burst": token_requests / reps,
         "cpu": 0.0,
-        "wall": stale,
-    }
-
-
-def _creds(fake: Any) -> dict[str, str]:
-    return {
-        "url": fake.url,
-        "client_id": fake.client_id,
-        "client_secret": fake.client_secret,
-        "refresh_token": fake.refresh_token,
+        "wall": 0.0,
     }
 
 

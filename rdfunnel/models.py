@@ -58,6 +58,10 @@ _EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
 
 def _email_problem(value: str) -> str | None:
     """Why ``value`` cannot be an email address, or None when it can."""
+    # The common case in one regex match (on the hot path of every call); the slow checks below
+    # run only for non-ASCII addresses and to explain a refusal.
+    if _EMAIL.fullmatch(value) and len(value) <= 254 and value.isascii():
+        return "it is too long" if len(value.rpartition("@")[0]) > 64 else None
     if "@" not in value:
         return "it has no '@'"
     local, _, domain = value.rpartition("@")

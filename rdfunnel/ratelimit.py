@@ -14,7 +14,7 @@ from .errors import ValidationError
 
 __all__ = ["LocalRateLimiter", "RateLimiter"]
 
-#: After an account-wide 429, run at this share of the rate that led up to it.
+#: After an account-wide 429, run at this share of the rate that ran into it.
 LEARNED_SHARE: Final = 0.9
 #: A learned rate is forgotten after this many seconds without an account-wide 429.
 FORGET_AFTER: Final = 60.0
@@ -83,21 +83,20 @@ class LocalRateLimiter:
                 continue
             if self._active_since is None:
                 self._active_since = now
-            self._admitted += 1
             interval = self._interval
             if self._learned:
                 if now - self._last_limited > FORGET_AFTER:
                     self._learned = 0.0
                 else:
                     interval = max(interval, self._learned)
-            if not interval:
-                return
-            slot = max(self._next_slot, now)
-            self._next_slot = slot + interval
-            if slot > now:
-                await sleep(slot - now)
-                if self._paused_until > monotonic():
-                    continue  # a pause began while we slept: wait it out and take a new slot
+            if interval:
+                slot = max(self._next_slot, now)
+                self._next_slot = slot + interval
+                if slot > now:
+                    await sleep(slot - now)
+                    if self._paused_until > monotonic():
+                        continue  # a pause began while we slept: wait it out, take a new slot
+            self._admitted += 1  # counted when it goes, not while it waits for its slot
             return
 
     async def pause(self, seconds: float) -> None:

@@ -7,7 +7,6 @@ bytes; nothing is logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import random
@@ -90,7 +89,7 @@ class Backend:
         self.counters = Counters()
         self.by_email: dict[str, ContactRecord] = {}
         self.by_uuid: dict[str, ContactRecord] = {}
-        self.closing: asyncio.Event | None = None
+        self._sleepers: set[asyncio.Future[None]] = set()
         self._account_body = B.dumps({"name": account_name})
         self._expired_headers = (
             _headers(**{expired_header: B.EXPIRED_CHALLENGE}) if expired_header else B.JSON
@@ -169,13 +168,22 @@ class Backend:
         return web.Response(body=body, status=status, headers=headers)
 
     async def pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when the fake is closing so shutdown never waits on a fault."""
-        closing = self.closing
-        if closing is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(closing.wait(), seconds)
+        """Sleep, but wake at once when the fake closes (:meth:`wake_all`), so shutdown never
+        waits on a fault. A bare timer and future: this runs for every request with latency."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _settle, wake)
+        self._sleepers.add(wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._sleepers.discard(wake)
+
+    def wake_all(self) -> None:
+        """End every pause now (the fake is closing)."""
+        for wake in self._sleepers:
+            _settle(wake)
 
     async def _gate(self, request: web.Request, route: str) -> web.StreamResponse | None:
         """Faults, the account-wide cap and the bearer token, as the real stack meets them."""
@@ -404,3 +412,8 @@ class Backend:
             return self._answer(route, 400, B.NO_REVOKE_TOKEN)
         self.tokens.revoke(token)
         return self._answer(route, 200, B.EMPTY_OBJECT)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -87,7 +86,6 @@ class FakeRDStation:
         """Listen on ``host:port`` (port 0: any free port; see :attr:`url`)."""
         if self._runner is not None:
             raise RuntimeError("this FakeRDStation is already running")
-        self._backend.closing = asyncio.Event()
         runner = web.AppRunner(
             self._backend.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -106,8 +104,7 @@ class FakeRDStation:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        if self._backend.closing is not None:
-            self._backend.closing.set()
+        self._backend.wake_all()
         await runner.cleanup()
         self._url = None
 
