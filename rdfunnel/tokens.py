@@ -270,6 +270,8 @@ class FileTokenStore:
         data = json.dumps(token.to_dict(), indent=2).encode()
         tmp: str | None = None
         try:
+            # A first login may name a folder that does not exist yet (~/.config/rdfunnel).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # mkstemp creates the file with mode 0600 before anything is written to it.
             fd, tmp = tempfile.mkstemp(
                 prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent

@@ -141,6 +141,12 @@ class TestFileTokenStore:
         assert await FileTokenStore(path).load() == token()
         assert sorted(os.listdir(tmp_path)) == ["tokens.json"]
 
+    async def test_save_creates_a_private_folder_for_a_first_login(self, tmp_path: Path) -> None:
+        path = tmp_path / "config" / "rdfunnel" / "token.json"
+        await FileTokenStore(path).save(token())
+        assert await FileTokenStore(path).load() == token()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
     async def test_save_replaces_a_looser_file_with_a_0600_one(self, tmp_path: Path) -> None:
         path = tmp_path / "tokens.json"
         path.write_text("{}")
