@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
+import itertools
 from collections.abc import Iterator
 from typing import Any
 from unittest.mock import Mock
@@ -20,22 +22,43 @@ import rdfunnel.ratelimit
 class VirtualClock:
     """Stands in for ``monotonic`` and ``asyncio.sleep``: sleeping advances time instantly.
 
-    Sleeps begun before the sleeper yields overlap, as real ones would: time moves to the latest
-    wake-up, not to the sum of the sleeps.
+    Sleepers wake one at a time in the order of their wake-up times, each moving the clock to its
+    own, and each running before the next is woken: sleeps that overlap in real life overlap
+    here, and time never runs backwards.
     """
 
     def __init__(self) -> None:
         self.now = 1_000.0
         self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._stepping = False
 
     def monotonic(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        wake = self.now + max(seconds, 0.0)
-        await asyncio.sleep(0)
-        self.now = max(self.now, wake)
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), next(self._order), wake))
+        if not self._stepping:
+            self._stepping = True
+            loop.call_soon(self._step)
+        await wake
+
+    def _step(self) -> None:
+        """Wake the earliest sleeper; the next step queues behind it, so it runs first."""
+        while self._sleepers:
+            when, _, wake = heapq.heappop(self._sleepers)
+            if not wake.done():  # a cancelled sleeper's turn passes to the next
+                self.now = max(self.now, when)
+                wake.set_result(None)
+                break
+        if self._sleepers:
+            asyncio.get_running_loop().call_soon(self._step)
+        else:
+            self._stepping = False
 
 
 @pytest.fixture

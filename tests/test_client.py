@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
+import rdfunnel.ratelimit
 from rdfunnel import (
     Contact,
     Funnel,
@@ -421,3 +423,25 @@ async def test_a_few_requests_teach_the_limiter_nothing(clock: VirtualClock) -> 
     for _ in range(50):
         await limiter.acquire()
     assert clock.now - start == pytest.approx(2.0)  # the pause, then no pacing
+
+
+async def test_late_wake_ups_never_bunch_past_the_cap(
+    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oversleep = random.Random(4)
+
+    async def late_sleep(seconds: float) -> None:  # a busy loop wakes sleepers up to 40 ms late
+        await clock.sleep(seconds + oversleep.uniform(0, 0.04))
+
+    monkeypatch.setattr(rdfunnel.ratelimit, "sleep", late_sleep)
+    limiter, sent = LocalRateLimiter(50), []
+
+    async def caller() -> None:
+        for _ in range(40):
+            await limiter.acquire()
+            sent.append(clock.now)
+
+    await asyncio.gather(*(caller() for _ in range(10)))
+    for start in sent:
+        assert sum(start <= when < start + 1.01 for when in sent) <= 50
+    assert 400 / (max(sent) - min(sent)) > 0.9 * 50  # and still close to the cap
