@@ -252,6 +252,7 @@ async def expired(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "fresh": statistics.median(fresh_times),
         "expired": statistics.median(stale_times),
+        "added": statistics.median(s - f for f, s in zip(fresh_times, stale_times, strict=True)),
         "token_round_trip": statistics.median(trips),
         "token_requests_per_burst": token_requests / reps,
         "cpu": 0.0,
