@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 from ..errors import ValidationError
@@ -74,27 +74,22 @@ def validate_update(
     ``users`` holds the lower-cased owner emails the account knows; None accepts any valid email.
     The owner is cleared by JSON ``null`` or the string ``"null"`` (what RD's own client sends).
     """
+    checks: dict[str, Callable[[Any], dict[str, str] | None]] = {
+        "lifecycle_stage": _stage_error,
+        "opportunity": _opportunity_error,
+        "contact_owner_email": lambda value: _owner_error(value, users),
+    }
     errors: dict[str, list[dict[str, str]]] = {}
     changes: dict[str, Any] = {}
-    if "lifecycle_stage" in payload:
-        value = payload["lifecycle_stage"]
-        problem = _stage_error(value)
+    for field, check in checks.items():
+        if field not in payload:
+            continue
+        value = payload[field]
+        problem = check(value)
         if problem:
-            errors["lifecycle_stage"] = [problem]
+            errors[field] = [problem]
+        elif field == "contact_owner_email" and value in (None, "null"):
+            changes[field] = CLEAR
         else:
-            changes["lifecycle_stage"] = value
-    if "opportunity" in payload:
-        value = payload["opportunity"]
-        problem = _opportunity_error(value)
-        if problem:
-            errors["opportunity"] = [problem]
-        else:
-            changes["opportunity"] = value
-    if "contact_owner_email" in payload:
-        value = payload["contact_owner_email"]
-        problem = _owner_error(value, users)
-        if problem:
-            errors["contact_owner_email"] = [problem]
-        else:
-            changes["contact_owner_email"] = CLEAR if value in (None, "null") else value
+            changes[field] = value
     return errors, changes
