@@ -104,7 +104,10 @@ class LocalRateLimiter:
                     await sleep(slot - now)
                     if self._paused_until > monotonic():
                         continue  # a pause began while we slept: wait it out, take a new slot
-                while (crowded := self._crowded(interval)) > 0:
+                while True:  # a late wake-up waits until the guard window has room
+                    crowded = self._crowded(interval)
+                    if crowded <= 0:
+                        break
                     await sleep(crowded)
                 if self._paused_until > monotonic():
                     continue
