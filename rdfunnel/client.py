@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 
@@ -19,7 +18,7 @@ from ._transport import Transport
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
-from .oauth import OAuthApp, TokenStyle
+from .oauth import OAuthApp, TokenStyle, check_url
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
@@ -59,7 +58,7 @@ class RDStation:
         rate_limiter: RateLimiter | None = None,
         clear_owner_as: ClearOwnerAs = "string",
     ) -> None:
-        base_url = check_base_url(base_url)
+        base_url = check_url(base_url, "base_url")
         if clear_owner_as not in ("string", "null"):
             raise ValidationError(
                 f"clear_owner_as must be 'string' or 'null', got {clear_owner_as!r}"
@@ -273,27 +272,3 @@ def funnel_path(contact: Contact | str, funnel: str) -> str:
         raise ValidationError(f"funnel must be a non-empty name, got {funnel!r}")
     segment = Contact.parse(contact).path_segment
     return f"/platform/contacts/{segment}/funnels/{quote(funnel, safe='')}"
-
-
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
-
-
-def check_base_url(base_url: str) -> str:
-    """Accept https URLs, and http only for loopback hosts (tests, the fake server)."""
-    parts = urlsplit(base_url)
-    if parts.scheme == "https" and parts.hostname:
-        return base_url
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return base_url
-    raise ValidationError(
-        f"base_url {base_url!r} must be an https:// URL (http:// only for loopback hosts)"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

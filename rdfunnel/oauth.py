@@ -60,7 +60,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_url(url: str, what: str) -> str:
+def check_url(url: str, what: str) -> str:
     """Secrets travel to these URLs: https only, except to this machine."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
@@ -73,7 +73,7 @@ def _check_url(url: str, what: str) -> str:
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
-    if host == "localhost":
+    if host.lower() in ("localhost", "localhost.localdomain"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -115,9 +115,9 @@ class OAuthApp:
         return cls(
             client_id=client_id,
             client_secret=client_secret,
-            token_url=_check_url(token_url or f"{base}/auth/token", "token_url"),
-            revoke_url=_check_url(revoke_url or f"{base}/auth/revoke", "revoke_url"),
-            authorize_url=_check_url(authorize_url or f"{base}/auth/dialog", "authorize_url"),
+            token_url=check_url(token_url or f"{base}/auth/token", "token_url"),
+            revoke_url=check_url(revoke_url or f"{base}/auth/revoke", "revoke_url"),
+            authorize_url=check_url(authorize_url or f"{base}/auth/dialog", "authorize_url"),
             style=style,
         )
 
@@ -238,7 +238,7 @@ def authorization_url(
 
     Keep the state and compare it with the one RD sends back to the redirect URI.
     """
-    endpoint = _check_url(authorize_url or f"{base_url.rstrip('/')}/auth/dialog", "authorize_url")
+    endpoint = check_url(authorize_url or f"{base_url.rstrip('/')}/auth/dialog", "authorize_url")
     state = state or generate_token(32)
     url = prepare_grant_uri(endpoint, client_id, "code", redirect_uri=redirect_uri, state=state)
     return str(url), state
