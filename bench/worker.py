@@ -209,16 +209,22 @@ async def httpx_authlib(cfg: dict[str, Any]) -> dict[str, Any]:
 async def expired(cfg: dict[str, Any]) -> dict[str, Any]:
     """Bursts of ``n`` concurrent calls with a fresh token and with one the client knows expired.
 
-    One shared, warm session, so the difference is the refresh alone; pairs interleaved.
+    One shared, warm session, pairs interleaved. Requests are traced, so the stall the refresh
+    puts on the calls' path is read off the clock: from the token request leaving to the first
+    call going out again with the new token.
     """
     n, reps = cfg["n"], cfg.get("reps", 5)
-    token_requests = 0
+    sent: list[tuple[float, str]] = []  # (when a request left, its path)
+    answered: list[tuple[float, str]] = []
+
+    async def on_start(_: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        sent.append((time.perf_counter(), params.url.path))
 
     async def on_end(_: Any, __: Any, params: aiohttp.TraceRequestEndParams) -> None:
-        nonlocal token_requests
-        token_requests += params.url.path == "/auth/token"
+        answered.append((time.perf_counter(), params.url.path))
 
     trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
     trace.on_request_end.append(on_end)
     connector = aiohttp.TCPConnector(limit=100)
     async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
@@ -237,40 +243,73 @@ async def expired(cfg: dict[str, Any]) -> dict[str, Any]:
             expires_at=datetime.now(UTC) - timedelta(seconds=1),
         )
 
-        async def burst(token: Token) -> tuple[float, float]:
-            """The whole burst's time, and the time until its first answer (the burst's noise
-            is tens of ms; the first answer shows a few ms of added latency)."""
-            first: list[float] = []
-
-            async def call(i: int) -> None:
-                await rd.funnels.get(f"contact-{i}@example.com")
-                first.append(time.perf_counter())
-
+        async def burst(token: Token) -> dict[str, float]:
+            sent.clear()
+            answered.clear()
             async with client(cfg, token=token, session=session) as rd:
                 start = time.perf_counter()
-                await asyncio.gather(*(call(i) for i in range(n)))
-                return time.perf_counter() - start, min(first) - start
+                await asyncio.gather(
+                    *(rd.funnels.get(f"contact-{i}@example.com") for i in range(n))
+                )
+                result = {"wall": time.perf_counter() - start}
+            tokens = [when for when, path in sent if path == "/auth/token"]
+            result["token_requests"] = len(tokens)
+            if tokens:
+                back = next(when for when, path in answered if path == "/auth/token")
+                resumed = min(when for when, path in sent if when > back)
+                result.update(
+                    token_sent=tokens[0] - start,
+                    trip=back - tokens[0],
+                    stall=resumed - tokens[0],
+                )
+            return result
 
         await burst(fresh)  # warm: connections open
         trips = [(await token_trip())[1] for _ in range(reps)]
-        token_requests = 0
-        fresh_runs, stale_runs = [], []
-        for _ in range(reps):
-            fresh_runs.append(await burst(fresh))
-            stale_runs.append(await burst(stale))
+        pairs = [(await burst(fresh), await burst(stale)) for _ in range(reps)]
+    differences = sorted(stale["wall"] - fresh["wall"] for fresh, stale in pairs)
+    low, high = _median_interval(len(differences))
+    stale_runs = [stale for _, stale in pairs]
     return {
-        "fresh": statistics.median(run[0] for run in fresh_runs),
-        "expired": statistics.median(run[0] for run in stale_runs),
-        "first_fresh": statistics.median(run[1] for run in fresh_runs),
-        "first_expired": statistics.median(run[1] for run in stale_runs),
-        "added": statistics.median(
-            stale[1] - fresh[1] for fresh, stale in zip(fresh_runs, stale_runs, strict=True)
-        ),
+        "fresh": statistics.median(fresh["wall"] for fresh, _ in pairs),
+        "expired": statistics.median(run["wall"] for run in stale_runs),
+        "added": statistics.median(differences),
+        "added_low": differences[low],
+        "added_high": differences[high],
+        "token_requests_per_burst": statistics.mean(run["token_requests"] for run in stale_runs),
+        "fresh_token_requests": sum(fresh["token_requests"] for fresh, _ in pairs),
+        "token_sent": statistics.median(run["token_sent"] for run in stale_runs),
+        "trip_in_burst": statistics.median(run["trip"] for run in stale_runs),
+        "stall": statistics.median(run["stall"] for run in stale_runs),
         "token_round_trip": statistics.median(trips),
-        "token_requests_per_burst": token_requests / reps,
         "cpu": 0.0,
         "wall": 0.0,
     }
+
+
+def _median_interval(count: int) -> tuple[int, int]:
+    """Indices of a sorted sample bounding its median with about 95% confidence (the binomial
+    order-statistic interval: no assumption about the noise's shape)."""
+    k = max(int((count - 1.96 * count**0.5) / 2), 0)
+    return k, count - 1 - k
+
+
+# -- the round trip one request takes, alone ---------------------------------------------------
+
+
+async def round_trip(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Median time of one PUT at a time through raw aiohttp: the latency a client really sees."""
+    async with aiohttp.ClientSession() as session:
+        token = await access_token(session, cfg)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        body = json.dumps({"lifecycle_stage": STAGES[0].value}).encode()
+        trips = []
+        for i in range(cfg.get("trips", 40) + 1):
+            start = time.perf_counter()
+            async with session.put(cfg["url"] + path(i), headers=headers, data=body) as response:
+                await response.read()
+            trips.append(time.perf_counter() - start)
+    return {"round_trip": statistics.median(trips[1:]), "cpu": 0.0, "wall": 0.0}
 
 
 IMPLS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -279,6 +318,7 @@ IMPLS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "bulk": bulk,
     "httpx": httpx_authlib,
     "expired": expired,
+    "round_trip": round_trip,
 }
 
 

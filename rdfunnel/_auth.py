@@ -110,7 +110,7 @@ class TokenManager:
         # The hot path reads only these two: the access token and when to stop trusting it.
         self._access: str | None = None
         self._refresh_at = -math.inf
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self._dead_refresh_token: tuple[str, AuthenticationError] | None = None
 
     def __repr__(self) -> str:
@@ -152,19 +152,28 @@ class TokenManager:
         logger.info("token revoked")
 
     async def _renew(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
-        """Join the renewal in flight, or start one; shielded so that a cancelled caller never
-        loses a token the server has already rotated."""
-        task = self._inflight
-        if task is None:
-            task = asyncio.ensure_future(self._renew_locked(session, rejected))
-            self._inflight = task
-            task.add_done_callback(self._finished)
-        await asyncio.shield(task)
+        """Join the renewal in flight, or start one.
 
-    def _finished(self, task: asyncio.Future[None]) -> None:
-        self._inflight = None
-        if not task.cancelled():
-            task.exception()  # retrieved: every awaiting caller has it; no "never retrieved"
+        The renewal is a task no caller awaits, so a cancelled caller never cancels it (nor loses
+        a token the server has already rotated); its event wakes every caller in one step.
+        """
+        if self._inflight is None:
+            finished = asyncio.Event()
+            task = asyncio.create_task(self._renew_then_wake(session, rejected, finished))
+            task.add_done_callback(_retrieve)
+            self._inflight = (task, finished)
+        task, finished = self._inflight
+        await finished.wait()
+        task.result()  # the renewal's error, raised in every caller
+
+    async def _renew_then_wake(
+        self, session: aiohttp.ClientSession, rejected: str | None, finished: asyncio.Event
+    ) -> None:
+        try:
+            await self._renew_locked(session, rejected)
+        finally:
+            self._inflight = None
+            finished.set()  # the task ends in this same step: callers find its outcome
 
     async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
         async with self._store.lock():
@@ -248,6 +257,13 @@ class TokenManager:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             return error.retry_after if error.retry_after <= self._retry.max_wait else None
         return self._retry.backoff(attempt)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a renewal's error as seen, so a renewal whose callers were all cancelled does not
+    log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _when(token: Token) -> str:
