@@ -453,6 +453,22 @@ async def test_a_cancelled_caller_does_not_lose_the_rotated_token(
     assert endpoint.grants == 1
 
 
+async def test_cancelling_one_waiting_caller_leaves_the_others_waiting_for_the_token(
+    clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    endpoint = Endpoint(wire)
+    endpoint.gate = asyncio.Event()
+    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
+    callers = [asyncio.create_task(tokens.access_token(session)) for _ in range(5)]
+    await endpoint.entered.wait()
+    callers[2].cancel()
+    endpoint.gate.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert isinstance(results.pop(2), asyncio.CancelledError)
+    assert results == ["access-1"] * 4
+    assert endpoint.grants == 1
+
+
 async def test_revoke(clock: Clock, wire: aioresponses, session: aiohttp.ClientSession) -> None:
     wire.post(f"{BASE}/auth/revoke", payload={})
     tokens = manager(MemoryTokenStore(expiring(clock, 3600)))
