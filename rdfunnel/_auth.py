@@ -25,6 +25,9 @@ logger = logging.getLogger("rdfunnel")
 
 _time = time.time  # the one clock this module reads; tests replace it
 
+#: Seconds before an early refresh that failed is tried again (the token in hand still works).
+_RETRY_EARLY_REFRESH = 10.0
+
 
 class TokenSource(Protocol):
     """The transport's view of authentication: a token to send, and a way to replace one."""
@@ -38,6 +41,10 @@ class TokenSource(Protocol):
 
         Returns True when a token other than ``rejected`` is now available (worth one replay).
         """
+        ...
+
+    async def drain(self) -> None:
+        """Let a refresh in flight finish (the client is closing): its new token must be saved."""
         ...
 
 
@@ -58,6 +65,9 @@ class StaticToken:
     async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
         return False
 
+    async def drain(self) -> None:
+        return None
+
 
 #: Called with every new token once it is saved; may be a coroutine function.
 OnTokenRefresh = Callable[[Token], Awaitable[None] | None]
@@ -67,7 +77,8 @@ class TokenManager:
     """OAuth tokens that look after themselves, behind :class:`TokenSource`.
 
     Refreshes ahead of expiry (by ``leeway`` seconds, or half the token's life if that is shorter)
-    and when the API refuses the current token. One refresh runs at a time per manager, under the
+    in the background, while calls go on with the token in hand; a token that has expired, or that
+    the API refuses, makes calls wait for the new one. One refresh runs at a time per manager, under the
     store's lock, after re-reading the store: another process may already have refreshed. Every new
     token is saved before it is used. The store's token wins over ``token``/``refresh_token``, which
     only seed an empty store.
@@ -77,6 +88,7 @@ class TokenManager:
         "_access",
         "_app",
         "_dead_refresh_token",
+        "_expires_at",
         "_inflight",
         "_leeway",
         "_on_token_refresh",
@@ -110,6 +122,7 @@ class TokenManager:
         # The hot path reads only these two: the access token and when to stop trusting it.
         self._access: str | None = None
         self._refresh_at = -math.inf
+        self._expires_at = -math.inf
         self._inflight: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self._dead_refresh_token: tuple[str, AuthenticationError] | None = None
 
@@ -124,8 +137,14 @@ class TokenManager:
 
     async def access_token(self, session: aiohttp.ClientSession) -> str:
         access = self._access
-        if access is not None and _time() < self._refresh_at:
-            return access
+        if access is not None:
+            now = _time()
+            if now < self._refresh_at:
+                return access
+            if now < self._expires_at:  # due but still good: renew behind the callers' backs
+                if self._inflight is None:
+                    self._start_renewal(session, None)
+                return access
         await self._renew(session, None)
         assert self._access is not None
         return self._access
@@ -157,20 +176,39 @@ class TokenManager:
         The renewal is a task no caller awaits, so a cancelled caller never cancels it (nor loses
         a token the server has already rotated); its event wakes every caller in one step.
         """
-        if self._inflight is None:
-            finished = asyncio.Event()
-            task = asyncio.create_task(self._renew_then_wake(session, rejected, finished))
-            task.add_done_callback(_retrieve)
-            self._inflight = (task, finished)
-        task, finished = self._inflight
+        task, finished = self._inflight or self._start_renewal(session, rejected)
         await finished.wait()
         task.result()  # the renewal's error, raised in every caller
+
+    async def drain(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight[0]])
+
+    def _start_renewal(
+        self, session: aiohttp.ClientSession, rejected: str | None
+    ) -> tuple[asyncio.Task[None], asyncio.Event]:
+        finished = asyncio.Event()
+        task = asyncio.create_task(self._renew_then_wake(session, rejected, finished))
+        task.add_done_callback(_retrieve)
+        self._inflight = (task, finished)
+        return self._inflight
 
     async def _renew_then_wake(
         self, session: aiohttp.ClientSession, rejected: str | None, finished: asyncio.Event
     ) -> None:
         try:
             await self._renew_locked(session, rejected)
+        except Exception as error:
+            now = _time()
+            if rejected is None and self._token and self._refresh_at <= now < self._expires_at:
+                # The token in hand still works: go on with it, and try again a little later.
+                self._refresh_at = now + min(_RETRY_EARLY_REFRESH, (self._expires_at - now) / 2)
+                logger.warning(
+                    "early token refresh failed (%s); the current token stays in use until %s",
+                    error,
+                    _when(self._token),
+                )
+            raise
         finally:
             self._inflight = None
             finished.set()  # the task ends in this same step: callers find its outcome
@@ -226,6 +264,7 @@ class TokenManager:
         self._token = token
         self._access = token.access_token
         self._refresh_at = refresh_at
+        self._expires_at = math.inf if token.expires_at is None else token.expires_at.timestamp()
         return now >= refresh_at
 
     async def _request(self, session: aiohttp.ClientSession, refresh_token: str) -> Token:

@@ -91,8 +91,12 @@ class Transport:
         return self._session
 
     async def close(self) -> None:
-        """Close the session if it is ours; a caller's session is left open for the caller."""
+        """Close the session if it is ours; a caller's session is left open for the caller.
+
+        A token refresh in flight finishes first, so that a rotated refresh token is not lost.
+        """
         self._closed = True
+        await self._tokens.drain()
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None

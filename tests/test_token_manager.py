@@ -178,9 +178,73 @@ async def test_refresh_before_expiry_by_the_leeway(
     assert await tokens.access_token(session) == "access-0"
     clock.now += 699
     assert await tokens.access_token(session) == "access-0"
+    assert endpoint.bodies == []
     clock.now += 1
+    # Due but still good: callers go on with it while the refresh runs in the background.
+    assert await tokens.access_token(session) == "access-0"
+    assert await tokens.access_token(session) == "access-0"
+    await tokens.drain()
     assert await tokens.access_token(session) == "access-1"
     assert endpoint.grants == 1
+
+
+async def test_an_early_refresh_that_fails_keeps_the_token_and_tries_again_later(
+    clock: Clock,
+    wire: aioresponses,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = Endpoint(wire)
+    endpoint.failures = [rd_error(400, "BAD_REQUEST")]
+    tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
+    assert await tokens.access_token(session) == "access-0"
+    clock.now += 50  # due at half life
+    assert await tokens.access_token(session) == "access-0"
+    await tokens.drain()
+    assert "early token refresh failed" in caplog.text
+    assert await tokens.access_token(session) == "access-0"  # no new attempt yet
+    assert len(endpoint.bodies) == 1
+    clock.now += 10
+    assert await tokens.access_token(session) == "access-0"
+    await tokens.drain()
+    assert await tokens.access_token(session) == "access-1"
+    assert endpoint.grants == 1
+
+
+async def test_a_token_past_its_expiry_makes_callers_wait_for_the_new_one(
+    clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    endpoint = Endpoint(wire)
+    endpoint.failures = [rd_error(400, "BAD_REQUEST")]
+    tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
+    assert await tokens.access_token(session) == "access-0"
+    clock.now += 100
+    with pytest.raises(BadRequestError):
+        await tokens.access_token(session)
+    assert await tokens.access_token(session) == "access-1"
+
+
+async def test_closing_lets_a_refresh_in_flight_save_the_rotated_token(
+    clock: Clock, wire: aioresponses
+) -> None:
+    endpoint = Endpoint(wire)
+    endpoint.gate = asyncio.Event()
+    store = MemoryTokenStore(expiring(clock, -1))
+    rd = rdfunnel.RDStation(
+        client_id="my-client", client_secret=SECRET, token_store=store, retry=RETRY
+    )
+    caller = asyncio.create_task(rd.funnels.get("ana@example.com"))
+    await endpoint.entered.wait()
+    caller.cancel()
+    closing = asyncio.create_task(rd.close())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not closing.done()  # waiting for the refresh
+    endpoint.gate.set()
+    await closing
+    stored = await store.load()
+    assert stored is not None
+    assert stored.refresh_token == "refresh-1"
 
 
 async def test_short_lived_tokens_refresh_at_half_life_not_in_a_loop(
@@ -194,6 +258,8 @@ async def test_short_lived_tokens_refresh_at_half_life_not_in_a_loop(
     clock.now += 29
     assert await tokens.access_token(session) == "access-1"
     clock.now += 1
+    assert await tokens.access_token(session) == "access-1"
+    await tokens.drain()
     assert await tokens.access_token(session) == "access-2"
     assert endpoint.grants == 2
 
@@ -204,7 +270,13 @@ async def test_a_stored_token_seen_again_keeps_its_deadline(
     endpoint = Endpoint(wire)
     tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
     assert await tokens.access_token(session) == "access-0"  # half of 100 s left: refresh at 50
-    clock.now += 50
+    clock.now += 49
+    await tokens.access_token(session)
+    await tokens.drain()
+    assert endpoint.grants == 0
+    clock.now += 1
+    await tokens.access_token(session)
+    await tokens.drain()
     assert await tokens.access_token(session) == "access-1"
     assert endpoint.grants == 1
 
