@@ -78,10 +78,10 @@ class TokenManager:
 
     Refreshes ahead of expiry (by ``leeway`` seconds, or half the token's life if that is shorter)
     in the background, while calls go on with the token in hand; a token that has expired, or that
-    the API refuses, makes calls wait for the new one. One refresh runs at a time per manager, under the
-    store's lock, after re-reading the store: another process may already have refreshed. Every new
-    token is saved before it is used. The store's token wins over ``token``/``refresh_token``, which
-    only seed an empty store.
+    the API refuses, makes calls wait for the new one. One refresh runs at a time per manager,
+    under the store's lock, after re-reading the store: another process may already have
+    refreshed. Every new token is saved before it is used. The store's token wins over
+    ``token``/``refresh_token``, which only seed an empty store.
     """
 
     __slots__ = (
@@ -200,7 +200,8 @@ class TokenManager:
             await self._renew_locked(session, rejected)
         except Exception as error:
             now = _time()
-            if rejected is None and self._token and self._refresh_at <= now < self._expires_at:
+            early = rejected is None and self._refresh_at <= now < self._expires_at
+            if early and self._token is not None:
                 # The token in hand still works: go on with it, and try again a little later.
                 self._refresh_at = now + min(_RETRY_EARLY_REFRESH, (self._expires_at - now) / 2)
                 logger.warning(
@@ -299,8 +300,8 @@ class TokenManager:
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark a renewal's error as seen, so a renewal whose callers were all cancelled does not
-    log "exception was never retrieved"."""
+    """Mark a renewal's error as seen: one in the background, or whose callers were all
+    cancelled, must not log "exception was never retrieved" (an early one logs its own)."""
     if not task.cancelled():
         task.exception()
 
