@@ -80,7 +80,12 @@ class RDStation:
                     "token_store= (see rdfunnel.oauth to authorize the app)"
                 )
             app = OAuthApp.for_base_url(
-                client_id, client_secret, base_url, token_url=token_url, style=token_style
+                client_id,
+                client_secret,
+                base_url,
+                token_url=token_url,
+                style=token_style,
+                timeout=timeout,
             )
             tokens = TokenManager(
                 store=token_store or MemoryTokenStore(),

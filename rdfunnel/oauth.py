@@ -96,6 +96,8 @@ class OAuthApp:
     style: TokenStyle = attrs.field(
         default="json", validator=attrs.validators.in_(("json", "form"))
     )
+    #: Seconds each request may take (None: no limit), so a hanging endpoint cannot stall callers.
+    timeout: float | None = 30.0
 
     @classmethod
     def for_base_url(
@@ -108,6 +110,7 @@ class OAuthApp:
         revoke_url: str | None = None,
         authorize_url: str | None = None,
         style: TokenStyle = "json",
+        timeout: float | None = 30.0,
     ) -> OAuthApp:
         """Endpoints derived from ``base_url`` (``/auth/token``, ``/auth/revoke``,
         ``/auth/dialog``), each of which can be overridden."""
@@ -119,6 +122,7 @@ class OAuthApp:
             revoke_url=check_url(revoke_url or f"{base}/auth/revoke", "revoke_url"),
             authorize_url=check_url(authorize_url or f"{base}/auth/dialog", "authorize_url"),
             style=style,
+            timeout=timeout,
         )
 
     def authorization_url(self, redirect_uri: str, state: str | None = None) -> tuple[str, str]:
@@ -198,12 +202,15 @@ class OAuthApp:
     async def _post(
         self, session: aiohttp.ClientSession, url: str, **kwargs: Any
     ) -> tuple[int, bytes]:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
-            async with session.post(url, allow_redirects=False, **kwargs) as response:
+            async with session.post(
+                url, allow_redirects=False, timeout=timeout, **kwargs
+            ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
         except TimeoutError as error:
-            raise RequestTimeoutError(f"no answer from {url} in time") from error
+            raise RequestTimeoutError(f"no answer from {url} within {self.timeout} s") from error
         except aiohttp.ClientError as error:
             raise TransportError(f"request to {url} failed: {type(error).__name__}") from error
         if status >= 400:

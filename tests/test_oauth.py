@@ -259,6 +259,15 @@ class TestErrors:
             with pytest.raises(RequestTimeoutError):
                 await app().refresh(session, "refresh-0")
 
+    async def test_every_request_carries_the_app_s_timeout(
+        self, mocked: aioresponses, session: aiohttp.ClientSession
+    ) -> None:
+        mocked.post(TOKEN_URL, payload=ANSWER, repeat=True)
+        await app().refresh(session, "refresh-0")
+        await OAuthApp.for_base_url("my-client", SECRET, timeout=7.5).refresh(session, "r")
+        timeouts = [call.kwargs["timeout"] for call in mocked.requests[("POST", URL(TOKEN_URL))]]
+        assert timeouts == [aiohttp.ClientTimeout(total=30.0), aiohttp.ClientTimeout(total=7.5)]
+
     @pytest.mark.parametrize(
         "body", ["not json refresh-9", '["refresh-9"]', '{"refresh_token": "refresh-9"}']
     )

@@ -78,6 +78,7 @@ class Endpoint:
         self.grants = 0
         self.life = life
         self.bodies: list[dict[str, Any]] = []
+        self.timeouts: list[aiohttp.ClientTimeout] = []
         self.failures: list[CallbackResult | Exception] = []
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
@@ -85,6 +86,7 @@ class Endpoint:
 
     async def handle(self, url: URL, **kwargs: Any) -> CallbackResult:
         self.bodies.append(kwargs["json"])
+        self.timeouts.append(kwargs["timeout"])
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -245,6 +247,19 @@ async def test_closing_lets_a_refresh_in_flight_save_the_rotated_token(
     stored = await store.load()
     assert stored is not None
     assert stored.refresh_token == "refresh-1"
+
+
+async def test_token_requests_keep_to_the_client_s_timeout(
+    clock: Clock, wire: aioresponses
+) -> None:
+    endpoint = Endpoint(wire)
+    wire.get(f"{BASE}/platform/contacts/email:ana@example.com/funnels/default", payload={})
+    store = MemoryTokenStore(expiring(clock, -1))
+    async with rdfunnel.RDStation(
+        client_id="my-client", client_secret=SECRET, token_store=store, timeout=5
+    ) as rd:
+        await rd.funnels.get("ana@example.com")
+    assert endpoint.timeouts == [aiohttp.ClientTimeout(total=5)]
 
 
 async def test_short_lived_tokens_refresh_at_half_life_not_in_a_loop(
