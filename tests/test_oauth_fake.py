@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+import rdfunnel._auth
 from rdfunnel import FileTokenStore, MemoryTokenStore, RDStation, RetryPolicy, Token
 from rdfunnel.errors import ExpiredCodeGrantError, InvalidRefreshTokenError
 from rdfunnel.oauth import authorization_url, exchange_code
@@ -84,6 +85,32 @@ async def test_500_concurrent_calls_after_every_token_expired_cause_one_refresh(
         assert len(results) == 500
         assert fake.stats.grants == {"refresh": 1}
         assert fake.stats.count("funnels.get", 200) == 500
+
+
+async def test_a_token_due_for_refresh_is_renewed_once_under_load_and_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryTokenStore()
+    async with FakeRDStation(contacts=50, rotate_refresh_tokens=True) as fake:
+        async with fake.client(token_store=store, retry=FAST) as rd:
+            await rd.funnels.get("contact-0@example.com")
+            first = await store.load()
+            assert first is not None and first.expires_at is not None
+            # The client's clock reaches the leeway: the token is due, and still good at RD.
+            due = first.expires_at.timestamp() - 60
+            monkeypatch.setattr(rdfunnel._auth, "_time", lambda: due)
+            fake.reset_stats()
+            await asyncio.gather(*(rd.funnels.get(f"contact-{i}@example.com") for i in range(50)))
+            assert fake.stats.count("funnels.get", 200) == 50
+            assert fake.stats.count("auth.token", 401) == 0
+        # One refresh for the due token, and its rotated refresh token is the one stored.
+        assert fake.stats.grants == {"refresh": 1}
+        renewed = await store.load()
+        assert renewed is not None and renewed.refresh_token != first.refresh_token
+        async with fake.client(token=renewed, retry=FAST) as again:
+            fake.expire_tokens()
+            await again.funnels.get("contact-0@example.com")
+        assert fake.stats.count("auth.token", 401) == 0
 
 
 async def test_rotating_refresh_tokens_through_five_expiries_under_load() -> None:
