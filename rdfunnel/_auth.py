@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -25,7 +26,7 @@ logger = logging.getLogger("rdfunnel")
 
 _time = time.time  # the one clock this module reads; tests replace it
 
-#: Seconds before an early refresh that failed is tried again (the token in hand still works).
+#: Seconds before a failed background refresh is tried again (the token in hand still works).
 _RETRY_EARLY_REFRESH = 10.0
 
 
@@ -143,7 +144,7 @@ class TokenManager:
                 return access
             if now < self._expires_at:  # due but still good: renew behind the callers' backs
                 if self._inflight is None:
-                    self._start_renewal(session, None)
+                    self._start_renewal(session, None, background=True)
                 return access
         await self._renew(session, None)
         assert self._access is not None
@@ -178,41 +179,39 @@ class TokenManager:
         """
         task, finished = self._inflight or self._start_renewal(session, rejected)
         await finished.wait()
+        if task.cancelled():  # the loop shutting down, say: not this caller's cancellation
+            raise RDStationError("the token refresh was cancelled before it finished")
         task.result()  # the renewal's error, raised in every caller
 
     async def drain(self) -> None:
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight[0]])
+        inflight = self._inflight
+        if inflight is not None and inflight[0] is not asyncio.current_task():
+            await asyncio.wait([inflight[0]])
 
     def _start_renewal(
-        self, session: aiohttp.ClientSession, rejected: str | None
+        self, session: aiohttp.ClientSession, rejected: str | None, *, background: bool = False
     ) -> tuple[asyncio.Task[None], asyncio.Event]:
         finished = asyncio.Event()
-        task = asyncio.create_task(self._renew_then_wake(session, rejected, finished))
-        task.add_done_callback(_retrieve)
+        task = asyncio.create_task(self._renew_locked(session, rejected))
+        # A done callback, not a ``finally``: it runs even for a task cancelled before it started.
+        task.add_done_callback(functools.partial(self._renewal_done, finished, background))
         self._inflight = (task, finished)
         return self._inflight
 
-    async def _renew_then_wake(
-        self, session: aiohttp.ClientSession, rejected: str | None, finished: asyncio.Event
+    def _renewal_done(
+        self, finished: asyncio.Event, background: bool, task: asyncio.Task[None]
     ) -> None:
-        try:
-            await self._renew_locked(session, rejected)
-        except Exception as error:
-            now = _time()
-            early = rejected is None and self._refresh_at <= now < self._expires_at
-            if early and self._token is not None:
-                # The token in hand still works: go on with it, and try again a little later.
-                self._refresh_at = now + min(_RETRY_EARLY_REFRESH, (self._expires_at - now) / 2)
-                logger.warning(
-                    "early token refresh failed (%s); the current token stays in use until %s",
-                    error,
-                    _when(self._token),
-                )
-            raise
-        finally:
-            self._inflight = None
-            finished.set()  # the task ends in this same step: callers find its outcome
+        self._inflight = None
+        finished.set()  # callers wake to a finished task and read its outcome
+        error = None if task.cancelled() else task.exception()  # retrieved, so never "lost"
+        if error is None or not background:
+            return  # callers have the error
+        now = _time()
+        if isinstance(error, AuthenticationError):
+            self._refresh_at = self._expires_at  # asking again cannot help: it surfaces at expiry
+        elif self._refresh_at <= now:  # the token in hand still works: try again a little later
+            self._refresh_at = min(now + _RETRY_EARLY_REFRESH, self._expires_at)
+        logger.warning("background token refresh failed: %s: %s", type(error).__name__, error)
 
     async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
         async with self._store.lock():
@@ -297,13 +296,6 @@ class TokenManager:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             return error.retry_after if error.retry_after <= self._retry.max_wait else None
         return self._retry.backoff(attempt)
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark a renewal's error as seen: one in the background, or whose callers were all
-    cancelled, must not log "exception was never retrieved" (an early one logs its own)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _when(token: Token) -> str:

@@ -96,10 +96,12 @@ class Transport:
         A token refresh in flight finishes first, so that a rotated refresh token is not lost.
         """
         self._closed = True
-        await self._tokens.drain()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None
+        try:
+            await self._tokens.drain()
+        finally:
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+            self._session = None
 
     def _headers(self, token: str) -> dict[str, str]:
         cached_token, headers = self._auth_header

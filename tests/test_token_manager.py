@@ -32,6 +32,7 @@ from rdfunnel.errors import (
     BadRequestError,
     InvalidCredentialsError,
     InvalidRefreshTokenError,
+    RDStationError,
     ServerError,
     TransportError,
 )
@@ -203,7 +204,7 @@ async def test_an_early_refresh_that_fails_keeps_the_token_and_tries_again_later
     clock.now += 50  # due at half life
     assert await tokens.access_token(session) == "access-0"
     await tokens.drain()
-    assert "early token refresh failed" in caplog.text
+    assert "background token refresh failed: BadRequestError" in caplog.text
     assert await tokens.access_token(session) == "access-0"  # no new attempt yet
     assert len(endpoint.bodies) == 1
     clock.now += 10
@@ -211,6 +212,63 @@ async def test_an_early_refresh_that_fails_keeps_the_token_and_tries_again_later
     await tokens.drain()
     assert await tokens.access_token(session) == "access-1"
     assert endpoint.grants == 1
+
+
+async def test_a_background_refresh_refused_for_good_is_not_asked_again_before_expiry(
+    clock: Clock,
+    wire: aioresponses,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = Endpoint(wire)
+    endpoint.failures = [rd_error(401, "INVALID_REFRESH_TOKEN")]
+    tokens = manager(MemoryTokenStore(expiring(clock, 1000)), leeway=300)
+    await tokens.access_token(session)
+    clock.now += 700
+    for _ in range(30):
+        assert await tokens.access_token(session) == "access-0"
+        await tokens.drain()
+        clock.now += 10
+    assert len(endpoint.bodies) == 1
+    assert caplog.text.count("background token refresh failed") == 1
+    with pytest.raises(InvalidRefreshTokenError):  # expired now: the refusal surfaces
+        await tokens.access_token(session)
+
+
+async def test_an_on_token_refresh_error_in_a_background_refresh_is_logged(
+    clock: Clock,
+    wire: aioresponses,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    Endpoint(wire)
+
+    def hook(token: rdfunnel.Token) -> None:
+        raise RuntimeError("webhook down")
+
+    tokens = manager(MemoryTokenStore(expiring(clock, 1000)), leeway=300, on_token_refresh=hook)
+    await tokens.access_token(session)
+    clock.now += 700
+    await tokens.access_token(session)
+    await tokens.drain()
+    assert "background token refresh failed: RuntimeError: webhook down" in caplog.text
+    assert await tokens.access_token(session) == "access-1"  # saved and in use all the same
+
+
+async def test_a_refresh_cancelled_before_it_starts_does_not_wedge_the_manager(
+    clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    Endpoint(wire)
+    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
+    caller = asyncio.create_task(tokens.access_token(session))
+    await asyncio.sleep(0)  # the caller has started the refresh task, which has not run yet
+    (refresh,) = [
+        task for task in asyncio.all_tasks() if "_renew_locked" in task.get_coro().__qualname__
+    ]
+    refresh.cancel()
+    with pytest.raises(RDStationError, match="cancelled before it finished"):
+        await asyncio.wait_for(caller, 5)  # a guard: a wedged manager would hang here
+    assert await asyncio.wait_for(tokens.access_token(session), 5) == "access-1"
 
 
 async def test_a_token_past_its_expiry_makes_callers_wait_for_the_new_one(
