@@ -27,7 +27,7 @@ logger = logging.getLogger("rdfunnel")
 _time = time.time  # the one clock this module reads; tests replace it
 
 #: Seconds before a failed background refresh is tried again (the token in hand still works).
-_RETRY_EARLY_REFRESH = 10.0
+_RETRY_BACKGROUND_REFRESH = 10.0
 
 
 class TokenSource(Protocol):
@@ -210,7 +210,7 @@ class TokenManager:
         if isinstance(error, AuthenticationError):
             self._refresh_at = self._expires_at  # asking again cannot help: it surfaces at expiry
         elif self._refresh_at <= now:  # the token in hand still works: try again a little later
-            self._refresh_at = min(now + _RETRY_EARLY_REFRESH, self._expires_at)
+            self._refresh_at = min(now + _RETRY_BACKGROUND_REFRESH, self._expires_at)
         logger.warning("background token refresh failed: %s: %s", type(error).__name__, error)
 
     async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
