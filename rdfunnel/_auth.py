@@ -15,10 +15,10 @@ from typing import Protocol
 
 import aiohttp
 
-from .errors import AuthenticationError, RateLimitError, RDStationError
+from .errors import AuthenticationError, RateLimitError, RDStationError, TokenRefusedError
 from .oauth import OAuthApp
 from .retry import RetryPolicy
-from .tokens import Token, TokenStore, TokenStoreError
+from .tokens import Token, TokenAppMismatchError, TokenStore, TokenStoreError
 
 __all__ = ["OnTokenRefresh", "StaticToken", "TokenManager", "TokenSource"]
 
@@ -28,6 +28,8 @@ _time = time.time  # the one clock this module reads; tests replace it
 
 #: Seconds before a failed background refresh is tried again (the token in hand still works).
 _RETRY_BACKGROUND_REFRESH = 10.0
+#: New tokens refused in a row, none ever accepted, that make an authorization problem.
+REFUSED_IN_A_ROW = 3
 
 
 class TokenSource(Protocol):
@@ -40,8 +42,12 @@ class TokenSource(Protocol):
     async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
         """The API refused ``rejected`` with a 401: get a new token if that one is still current.
 
-        Returns True when a token other than ``rejected`` is now available (worth one replay).
+        Returns True when a token other than ``rejected`` is now available (worth a replay).
         """
+        ...
+
+    def accepted(self, token: str) -> None:
+        """The API answered a request made with ``token``: it works."""
         ...
 
     async def drain(self) -> None:
@@ -66,6 +72,9 @@ class StaticToken:
     async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
         return False
 
+    def accepted(self, token: str) -> None:
+        return None
+
     async def drain(self) -> None:
         return None
 
@@ -83,22 +92,30 @@ class TokenManager:
     under the store's lock, after re-reading the store: another process may already have
     refreshed. Every new token is saved before it is used. The store's token wins over
     ``token``/``refresh_token``, which only seed an empty store.
+
+    A token the API accepted and later refuses has expired, however early: it is replaced. New
+    tokens refused before the API accepted any of them (three in a row) are an authorization
+    problem: :class:`TokenRefusedError`, with no further token request.
     """
 
     __slots__ = (
+        "_accepted",
         "_access",
         "_app",
         "_dead_refresh_token",
         "_expires_at",
         "_inflight",
+        "_last_refused",
         "_leeway",
         "_on_token_refresh",
         "_refresh_at",
+        "_refused",
         "_retry",
         "_seed",
         "_seed_refresh_token",
         "_store",
         "_token",
+        "hook_error",
     )
 
     def __init__(
@@ -126,6 +143,11 @@ class TokenManager:
         self._expires_at = -math.inf
         self._inflight: tuple[asyncio.Task[None], asyncio.Event] | None = None
         self._dead_refresh_token: tuple[str, AuthenticationError] | None = None
+        self._accepted: str | None = None  # the last current token the API answered
+        self._last_refused: str | None = None
+        self._refused = 0  # tokens refused in a row since the API last accepted one
+        #: What ``on_token_refresh`` raised the last time it was called (None: it succeeded).
+        self.hook_error: Exception | None = None
 
     def __repr__(self) -> str:
         state = "no token yet" if self._token is None else "holding a token"
@@ -153,8 +175,25 @@ class TokenManager:
     async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
         if self._access is not None and self._access != rejected and _time() < self._refresh_at:
             return True  # already replaced: the refused token was an old one
+        if rejected != self._accepted and rejected != self._last_refused:
+            self._last_refused = rejected  # counted once, however many calls it failed
+            self._refused += 1
+        if self._refused >= REFUSED_IN_A_ROW and rejected == self._last_refused:
+            raise TokenRefusedError(
+                401,
+                messages=(
+                    f"RD Station refused {self._refused} new access tokens in a row and accepted "
+                    "none: the app's authorization does not work (revoked, or another account); "
+                    "authorize the app again",
+                ),
+            )
         await self._renew(session, rejected)
         return self._access is not None and self._access != rejected
+
+    def accepted(self, token: str) -> None:
+        if token == self._access:
+            self._accepted = token
+            self._refused = 0
 
     async def revoke(self, session: aiohttp.ClientSession) -> None:
         """Revoke the stored refresh token (or, lacking one, the access token) at RD.
@@ -162,7 +201,7 @@ class TokenManager:
         RD then refuses both; the next use of this manager fails with a clear error.
         """
         async with self._store.lock():
-            token = await self._store.load() or self._token or self._seed
+            token = self._checked(await self._store.load()) or self._token or self._seed
         if token is None:
             return
         if token.refresh_token is not None:
@@ -215,13 +254,13 @@ class TokenManager:
 
     async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
         async with self._store.lock():
-            stored = await self._store.load()
+            stored = self._checked(await self._store.load())
             current = stored or self._token or self._seed
             if current is not None and current.access_token != rejected:
                 previous = self._access
                 if not self._adopt(current):
-                    if stored is None:
-                        await self._store.save(current)  # seed an empty store
+                    if stored is None:  # seed an empty store
+                        await self._store.save(self._stamped(current))
                     if previous is not None and previous != current.access_token:
                         logger.debug("using the access token found in the store")
                     return
@@ -239,13 +278,43 @@ class TokenManager:
             self._adopt(token)
         logger.info("access token refreshed, expires at %s", _when(token))
         if self._on_token_refresh is not None:
-            try:
-                outcome = self._on_token_refresh(token)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception as error:
-                error.add_note("raised by on_token_refresh; the new token is saved and in use")
-                raise
+            await self._call_hook(self._on_token_refresh, token)
+
+    async def _call_hook(self, hook: OnTokenRefresh, token: Token) -> None:
+        """Run ``on_token_refresh``; its failure is the hook's, never the calls' waiting on it."""
+        try:
+            outcome = hook(token)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception as error:
+            self.hook_error = error
+            logger.error(
+                "on_token_refresh raised %s; the new token is saved and in use",
+                type(error).__name__,
+                exc_info=True,
+            )
+        else:
+            self.hook_error = None
+
+    def _checked(self, stored: Token | None) -> Token | None:
+        """``stored``, unless it was issued to another app: then a clear error, never a 401."""
+        app = self._app
+        if stored is None or (
+            stored.client_id in (None, app.client_id) and stored.token_url in (None, app.token_url)
+        ):
+            return stored
+        raise TokenAppMismatchError(
+            f"{self._store!r} holds a token issued to another app (client id "
+            f"{stored.client_id!r}, token endpoint {stored.token_url}), not to this one (client id "
+            f"{app.client_id!r}, token endpoint {app.token_url}): give each app its own token "
+            "store (token_store=, or RDFUNNEL_TOKEN_FILE for the CLI), or delete that one and "
+            "authorize again"
+        )
+
+    def _stamped(self, token: Token) -> Token:
+        if token.client_id is None:
+            return token.for_app(self._app.client_id, self._app.token_url)
+        return token
 
     def _adopt(self, token: Token, *, until_refused: bool = False) -> bool:
         """Use ``token``; True when it is already due for a refresh (it is kept all the same).

@@ -15,9 +15,11 @@ import aiohttp
 from yarl import URL
 
 from ._auth import TokenSource
+from ._quota import SpentQuotas
 from ._serde import dumps, loads
 from .errors import (
     APIError,
+    QuotaExceededError,
     RateLimitError,
     RDStationError,
     RequestTimeoutError,
@@ -25,6 +27,7 @@ from .errors import (
     UnexpectedStatusError,
     error_from_response,
 )
+from .models import ContactKey
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 
@@ -42,6 +45,8 @@ class Transport:
         "_closed",
         "_limiter",
         "_owns_session",
+        "_proven",
+        "_quotas",
         "_retry",
         "_session",
         "_timeout",
@@ -70,6 +75,8 @@ class Transport:
         self._owns_session = session is None
         self._closed = False
         self._auth_header: tuple[str, dict[str, str]] = ("", {})
+        self._quotas = SpentQuotas()
+        self._proven: str | None = None  # the last token the API answered
 
     @property
     def base_url(self) -> str:
@@ -124,13 +131,15 @@ class Transport:
         params: Mapping[str, str] | None = None,
         encoded: bool = True,
         resend_limiter: RateLimiter | None = None,
+        contact: ContactKey | None = None,
     ) -> tuple[Any, int]:
         """Send one API request until it succeeds or fails for good.
 
         Returns the decoded JSON body (None when empty) and how many times it was sent. ``path``
         is taken as already percent-encoded unless ``encoded`` is False. Raised errors carry
         ``attempts``. ``resend_limiter`` is a further limiter every re-send (retry or replay) must
-        pass: a bulk run's own cap, whose engine admits first sends itself.
+        pass: a bulk run's own cap, whose engine admits first sends itself. ``contact`` is whose
+        quota the request counts against, besides the account's.
         """
         session = self.session
         url = URL(self._base_url + path, encoded=encoded)
@@ -138,10 +147,16 @@ class Transport:
         attempts = retries = 0
         replayed = False
         while True:
-            if attempts and resend_limiter is not None:
-                await resend_limiter.acquire()
-            await self._limiter.acquire()
-            token = await self._tokens.access_token(session)
+            try:
+                self._quotas.check(contact)  # fail at once, without waiting for a slot
+                if attempts and resend_limiter is not None:
+                    await resend_limiter.acquire()
+                await self._limiter.acquire()
+                token = await self._tokens.access_token(session)
+                self._quotas.check(contact)  # spent while this request waited: never send it
+            except RDStationError as exc:
+                exc.attempts = attempts
+                raise
             attempts += 1
             try:
                 async with session.request(
@@ -155,8 +170,13 @@ class Transport:
                     body = await response.read()
                     status = response.status
                     if status < 300:
+                        if token is not self._proven:
+                            self._proven = token
+                            self._tokens.accepted(token)
                         return _decode(status, response.headers, body), attempts
-                    error: RDStationError = error_from_response(status, response.headers, body)
+                    error: RDStationError = error_from_response(
+                        status, response.headers, body, max_wait=self._retry.max_wait
+                    )
             except TimeoutError:
                 error = RequestTimeoutError(
                     f"{method} {url.path} got no answer within {self._timeout.total} s"
@@ -167,14 +187,23 @@ class Transport:
                 exc.attempts = attempts
                 raise
 
-            if isinstance(error, APIError) and error.status == 401 and not replayed:
-                replayed = True  # RD's advice: any 401 means "refresh once, replay once"
+            if isinstance(error, QuotaExceededError):
+                self._quotas.note(error, contact)
+            elif (
+                isinstance(error, APIError)
+                and error.status == 401
+                and (not replayed or retries < self._retry.max_retries)
+            ):
+                # RD's advice: any 401 means "refresh, then replay". Tokens can expire early, so
+                # a replay refused again is replayed again, each time as one of the retries.
                 try:
                     refreshed = await self._tokens.refresh(session, token)
                 except RDStationError as exc:
                     exc.attempts = attempts
                     raise
                 if refreshed:
+                    retries += replayed
+                    replayed = True
                     continue
             wait = await self._wait_before_retry(error, retries)
             if wait is None:

@@ -200,7 +200,10 @@ class Funnels:
 
     async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
         """Where ``contact`` stands in ``funnel``."""
-        payload, _ = await self._transport.send("GET", funnel_path(contact, funnel))
+        contact = Contact.parse(contact)
+        payload, _ = await self._transport.send(
+            "GET", funnel_path(contact, funnel), contact=contact.key
+        )
         return funnel_from_json(payload)
 
     async def update(
@@ -263,10 +266,11 @@ class Funnels:
         """Send one update; return the stored funnel and how many attempts it took."""
         if not isinstance(update, FunnelUpdate):
             raise ValidationError(f"update must be a FunnelUpdate, got {update!r}")
+        contact = Contact.parse(contact)
         path = funnel_path(contact, funnel)
         body = update_to_json(update, self._clear_owner_as)
         payload, attempts = await self._transport.send(
-            "PUT", path, json=body, resend_limiter=resend_limiter
+            "PUT", path, json=body, resend_limiter=resend_limiter, contact=contact.key
         )
         return funnel_from_json(payload), attempts
 

@@ -7,6 +7,7 @@ OAuth style, both 429 shapes, HTML outage pages, nothing at all) is parsed witho
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -24,11 +25,13 @@ __all__ = [
     "InvalidRefreshTokenError",
     "NotAttemptedError",
     "NotFoundError",
+    "QuotaExceededError",
     "RDStationError",
     "RateLimitError",
     "RequestTimeoutError",
     "ServerError",
     "TokenExpiredError",
+    "TokenRefusedError",
     "TransportError",
     "UnexpectedStatusError",
     "ValidationError",
@@ -42,6 +45,8 @@ class RDStationError(Exception):
     """The root of every error rdfunnel raises."""
 
     retryable: ClassVar[bool] = False
+    #: No other request of this client can succeed now, so a bulk run stops on it.
+    terminal: bool = False
     #: How many times the request was sent before this error was raised (0: never sent).
     attempts: int = 0
 
@@ -134,9 +139,22 @@ class TokenExpiredError(AuthenticationError):
 class InvalidCredentialsError(AuthenticationError):
     """The client id, client secret or redirect URI was refused (``ACCESS_DENIED``)."""
 
+    terminal = True
+
 
 class InvalidRefreshTokenError(AuthenticationError):
     """The refresh token is invalid or revoked: the user must authorize the app again."""
+
+    terminal = True
+
+
+class TokenRefusedError(AuthenticationError):
+    """The API refused several new access tokens in a row, none of which it ever accepted.
+
+    Refreshing again cannot help: the authorization itself is broken (revoked, another account).
+    """
+
+    terminal = True
 
 
 class ExpiredCodeGrantError(AuthenticationError):
@@ -184,6 +202,18 @@ class RateLimitError(APIError):
         return text
 
 
+class QuotaExceededError(RateLimitError):
+    """A quota is spent for longer than the retry policy waits (``RetryPolicy.max_wait``).
+
+    The client sends nothing more into it until ``retry_after`` has passed: later calls fail at
+    once with this error, unsent (``attempts == 0``). A spent account quota stops a bulk run.
+    """
+
+    def __init__(self, status: int, **kwargs: Any) -> None:
+        super().__init__(status, **kwargs)
+        self.terminal = self.scope == "account"
+
+
 class ServerError(APIError):
     """RD Station failed (5xx), often with an HTML outage page; retried."""
 
@@ -212,8 +242,13 @@ _BY_TYPE: dict[str, type[AuthenticationError]] = {
 }
 
 
-def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> APIError:
-    """Build the exception that names this error response. Never raises anything else."""
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, max_wait: float = math.inf
+) -> APIError:
+    """Build the exception that names this error response. Never raises anything else.
+
+    A 429 asking for a wait longer than ``max_wait`` seconds is a :class:`QuotaExceededError`.
+    """
     text = body.decode("utf-8", "replace")
     try:
         payload: Any = json.loads(text) if text.strip() else None
@@ -228,7 +263,7 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
         "headers": headers,
     }
     if status == 429:
-        return _rate_limit_error(status, headers, payload, common)
+        return _rate_limit_error(status, headers, payload, common, max_wait)
     if status == 401:
         return _auth_error_class(headers, types)(status, **common)
     cls = _BY_STATUS.get(status) or (ServerError if 500 <= status < 600 else UnexpectedStatusError)
@@ -278,14 +313,20 @@ def _auth_error_class(headers: Mapping[str, str], types: tuple[str, ...]) -> typ
 
 
 def _rate_limit_error(
-    status: int, headers: Mapping[str, str], payload: Any, common: dict[str, Any]
+    status: int,
+    headers: Mapping[str, str],
+    payload: Any,
+    common: dict[str, Any],
+    max_wait: float,
 ) -> RateLimitError:
     mapping = payload if isinstance(payload, Mapping) else {}
     # The account service's per-contact body names its limit and usage; the gateway's does not.
     per_contact = "remaining_time" in mapping or "max" in mapping
-    return RateLimitError(
+    retry_after = parse_wait_hint(headers, payload)
+    spent = retry_after is not None and retry_after > max_wait
+    return (QuotaExceededError if spent else RateLimitError)(
         status,
-        retry_after=parse_wait_hint(headers, payload),
+        retry_after=retry_after,
         scope="contact" if per_contact else "account",
         limit=_int_or_none(mapping.get("max")),
         usage=_int_or_none(mapping.get("usage")),

@@ -22,6 +22,9 @@ __all__ = [
     "NotSet",
 ]
 
+#: How a contact is told apart for ordering and quotas: its kind, and its value in lower case.
+ContactKey: TypeAlias = tuple[str, str]
+
 
 class LifecycleStage(enum.StrEnum):
     """Where a contact stands in the funnel. The values are RD's, to the letter."""
@@ -94,6 +97,14 @@ class Contact:
     kind: Literal["email", "uuid"]
     value: str
 
+    def __attrs_post_init__(self) -> None:
+        # The shape only (the constructors check the value itself): never a Contact that breaks
+        # a path or a bulk run's bookkeeping.
+        if self.kind not in ("email", "uuid"):
+            raise ValidationError(f"Contact.kind must be 'email' or 'uuid', got {self.kind!r}")
+        if not isinstance(self.value, str) or not self.value:
+            raise ValidationError(f"Contact.value must be a non-empty str, got {self.value!r}")
+
     @classmethod
     def email(cls, value: str) -> Contact:
         return cls("email", check_email(value, "contact email"))
@@ -123,6 +134,11 @@ class Contact:
             raise ValidationError(
                 f"contact {value!r} is neither an email address nor a UUID"
             ) from None
+
+    @property
+    def key(self) -> ContactKey:
+        """Who this is, for ordering and quotas: emails compare case-insensitively."""
+        return (self.kind, self.value.lower())
 
     @property
     def path_segment(self) -> str:

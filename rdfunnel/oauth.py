@@ -192,12 +192,13 @@ class OAuthApp:
             answer = json.loads(raw)
             if not isinstance(answer, Mapping):
                 raise ValueError("not a JSON object")
-            return Token.from_response(answer, now=_now())
+            token = Token.from_response(answer, now=_now())
         except ValueError:
             # Never echo the body: it may hold a token.
             raise APIError(
                 status, messages=("the token endpoint's answer holds no access token",)
             ) from None
+        return token.for_app(self.client_id, self.token_url)
 
     async def _post(
         self, session: aiohttp.ClientSession, url: str, **kwargs: Any

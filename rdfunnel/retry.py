@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["RetryPolicy", "parse_wait_hint"]
+__all__ = ["LONGEST_HINT", "RetryPolicy", "parse_wait_hint"]
 
 
 @attrs.frozen(kw_only=True)
@@ -38,6 +38,10 @@ class RetryPolicy:
         return random.uniform(0, bound) if self.jitter else bound
 
 
+#: The longest wait a hint is taken to ask for: RD's quotas are daily, and a larger (or absurd,
+#: 400-digit) hint must not overflow a float or a datetime anywhere downstream.
+LONGEST_HINT = 7 * 86400.0
+
 _WINDOW = re.compile(r"for (\d+) second")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -47,8 +51,16 @@ def parse_wait_hint(headers: Mapping[str, str], payload: Any) -> float | None:
 
     Reads ``Retry-After`` (seconds or an HTTP date), the gateway's ``retry-after-quotas`` and the
     account service's ``remaining_time``. RD documents ``remaining_time`` as milliseconds but sends
-    seconds; it is read as seconds unless it exceeds the window the message names.
+    seconds; it is read as seconds unless it exceeds the window the message names. The result is
+    clamped to ``[0, LONGEST_HINT]``.
     """
+    seconds = _hint_seconds(headers, payload)
+    if seconds is None or seconds != seconds:  # NaN: no usable hint
+        return None
+    return min(max(seconds, 0.0), LONGEST_HINT)
+
+
+def _hint_seconds(headers: Mapping[str, str], payload: Any) -> float | None:
     for name in ("retry-after-quotas", "retry-after"):
         value = headers.get(name)
         if value:
@@ -58,12 +70,12 @@ def parse_wait_hint(headers: Mapping[str, str], payload: Any) -> float | None:
     if isinstance(payload, Mapping):
         remaining = payload.get("remaining_time")
         if isinstance(remaining, int | float) and not isinstance(remaining, bool):
-            seconds = float(remaining)
+            seconds = float(min(remaining, 1e300))  # a huge int would overflow float()
             message = payload.get("error")
             window = _WINDOW.search(message) if isinstance(message, str) else None
-            if window and seconds > int(window.group(1)):
+            if window and seconds > float(window.group(1)):
                 seconds /= 1000
-            return max(seconds, 0.0)
+            return seconds
     return None
 
 
@@ -73,8 +85,8 @@ def _header_seconds(value: str) -> float | None:
         return float(number.group())
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return (when - datetime.now(UTC)).total_seconds()

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
+import math
 import os
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,16 +23,35 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import filelock
 
-from .errors import RDStationError
+from .errors import RDStationError, ValidationError
 
-__all__ = ["FileTokenStore", "MemoryTokenStore", "Token", "TokenStore", "TokenStoreError"]
+__all__ = [
+    "FileTokenStore",
+    "MemoryTokenStore",
+    "Token",
+    "TokenAppMismatchError",
+    "TokenStore",
+    "TokenStoreError",
+]
 
 
+_STALE_AFTER = 60.0  # seconds after which a token file's temporary is a crash's leftover
 _LOCK_SLICE = 0.5  # seconds a lock-waiting thread blocks before checking whether it may give up
 
 
 class TokenStoreError(RDStationError):
     """The token store cannot be read or written: a corrupt or unreadable file, a full disk."""
+
+    terminal = True
+
+
+class TokenAppMismatchError(TokenStoreError):
+    """The store holds a token that another app (client id or token endpoint) was given."""
+
+
+#: The longest life a token endpoint's ``expires_in`` is taken to give (a larger one is clamped,
+#: so that it never overflows a datetime).
+LONGEST_LIFETIME = 366 * 86400.0
 
 
 def _mask(value: str | None) -> str:
@@ -39,9 +61,30 @@ def _mask(value: str | None) -> str:
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"Token.expires_at must be a datetime or None, got {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("Token.expires_at must be timezone-aware (UTC), got a naive datetime")
-    return value.astimezone(UTC)
+        raise ValidationError("Token.expires_at must be timezone-aware (UTC), got a naive datetime")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(f"Token.expires_at {value.isoformat()} is out of range") from None
+
+
+def _secret(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    optional = attribute.name != "access_token"
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return
+    kind = "None or " if optional else ""
+    # The type only: a wrong value may still be a secret.
+    raise ValidationError(
+        f"Token.{attribute.name} must be {kind}a non-empty str, got {type(value).__name__}"
+    )
+
+
+def _optional_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"Token.{attribute.name} must be None or a str, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -49,33 +92,38 @@ class Token:
     """An access token, the refresh token that renews it, and when it expires (aware UTC).
 
     ``expires_at=None`` means unknown: the token is used until the API refuses it. ``repr`` never
-    shows either token.
+    shows either token. ``client_id`` and ``token_url`` name the app the token was issued to (None:
+    unknown), so a store never hands one app's token to another; they take no part in equality.
     """
 
-    access_token: str = attrs.field(repr=_mask)
-    refresh_token: str | None = attrs.field(default=None, repr=_mask)
+    access_token: str = attrs.field(repr=_mask, validator=_secret)
+    refresh_token: str | None = attrs.field(default=None, repr=_mask, validator=_secret)
     expires_at: datetime | None = attrs.field(default=None, converter=_utc)
+    client_id: str | None = attrs.field(default=None, eq=False, validator=_optional_str)
+    token_url: str | None = attrs.field(default=None, eq=False, validator=_optional_str)
 
     @classmethod
     def from_response(cls, payload: Mapping[str, Any], *, now: datetime | None = None) -> Token:
         """Build a token from a token endpoint's JSON answer.
 
-        Reads ``expires_in`` (seconds from ``now``) or else ``expires_at`` (POSIX seconds). Raises
-        ``ValueError`` (naming no secret) when the answer holds no access token.
+        Reads ``expires_in`` (seconds from ``now``, clamped to ``[0, LONGEST_LIFETIME]``) or else
+        ``expires_at`` (POSIX seconds). Raises ``ValueError`` (naming no secret) when the answer
+        holds no access token.
         """
         access = payload.get("access_token")
         if not isinstance(access, str) or not access:
             raise ValueError("the token response holds no access_token")
         refresh = payload.get("refresh_token")
+        start = now if now is not None else datetime.now(UTC)
         expires_at: datetime | None = None
         expires_in = _number(payload.get("expires_in"))
         if expires_in is not None:
-            start = now if now is not None else datetime.now(UTC)
-            expires_at = (start + timedelta(seconds=expires_in)).replace(microsecond=0)
+            expires_at = (start + timedelta(seconds=_life(expires_in))).replace(microsecond=0)
         else:
             epoch = _number(payload.get("expires_at"))
             if epoch is not None:
-                expires_at = datetime.fromtimestamp(epoch, UTC)
+                life = _life(epoch - start.timestamp())
+                expires_at = start + timedelta(seconds=life)
         return cls(
             access_token=access,
             refresh_token=refresh if isinstance(refresh, str) and refresh else None,
@@ -94,13 +142,18 @@ class Token:
         return remaining is not None and remaining <= leeway
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object a store keeps: both tokens and ``expires_at`` (ISO 8601, UTC)."""
+        """The JSON object a store keeps: both tokens, ``expires_at`` (ISO 8601, UTC), the app."""
         expires = self.expires_at.isoformat().replace("+00:00", "Z") if self.expires_at else None
-        return {
+        data: dict[str, Any] = {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
             "expires_at": expires,
         }
+        if self.client_id is not None:
+            data["client_id"] = self.client_id
+        if self.token_url is not None:
+            data["token_url"] = self.token_url
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Token:
@@ -120,19 +173,36 @@ class Token:
             raise ValueError(f"expires_at {expires!r} is not an ISO 8601 time") from None
         if when is not None and when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        return cls(access_token=access, refresh_token=refresh or None, expires_at=when)
+        app = {key: data.get(key) for key in ("client_id", "token_url")}
+        if any(value is not None and not isinstance(value, str) for value in app.values()):
+            raise ValueError("client_id or token_url is not a string")
+        try:
+            return cls(access_token=access, refresh_token=refresh or None, expires_at=when, **app)
+        except ValidationError as error:  # expires_at out of range, say
+            raise ValueError(str(error).removeprefix("Token.")) from None
+
+    def for_app(self, client_id: str, token_url: str) -> Token:
+        """This token, marked as issued to the app ``client_id`` at ``token_url``."""
+        return attrs.evolve(self, client_id=client_id, token_url=token_url)
+
+
+def _life(seconds: float) -> float:
+    return min(max(seconds, 0.0), LONGEST_LIFETIME)
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, int):
+        return float(min(max(value, -1e300), 1e300))  # a huge int would overflow float()
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
     if isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
+        return None if math.isnan(number) else number
     return None
 
 
@@ -282,12 +352,24 @@ class FileTokenStore:
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
             tmp = None
+            self._remove_stale_temporaries()
         except OSError as error:
             raise TokenStoreError(f"cannot write token file {where!r}: {_reason(error)}") from None
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove what a process killed mid-write left behind (each holds a whole token).
+
+        Only files older than a minute: a younger one may be another process's write under way.
+        """
+        cutoff = time.time() - _STALE_AFTER
+        for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
 
 
 def _reason(error: BaseException) -> str:

@@ -15,6 +15,7 @@ import aioresponses.core
 import pytest
 from aioresponses import aioresponses as Aioresponses
 
+import rdfunnel._quota
 import rdfunnel._transport
 import rdfunnel.ratelimit
 
@@ -67,6 +68,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
     monkeypatch.setattr(rdfunnel._transport, "sleep", virtual.sleep)
     monkeypatch.setattr(rdfunnel.ratelimit, "sleep", virtual.sleep)
     monkeypatch.setattr(rdfunnel.ratelimit, "monotonic", virtual.monotonic)
+    monkeypatch.setattr(rdfunnel._quota, "monotonic", virtual.monotonic)
     return virtual
 
 

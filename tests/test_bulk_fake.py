@@ -35,7 +35,7 @@ from rdfunnel import BulkResult, BulkRun, FunnelUpdate, LifecycleStage, RetryPol
 from rdfunnel.errors import (
     InvalidRefreshTokenError,
     NotAttemptedError,
-    RateLimitError,
+    QuotaExceededError,
 )
 from rdfunnel.testing import FakeRDStation, Faults, Limits
 
@@ -251,14 +251,16 @@ async def test_per_contact_quota_fails_those_items_fast(clock: VirtualClock) -> 
         for result in results:
             if result.index % 100 in hot:
                 error = result.error
-                assert isinstance(error, RateLimitError), result
+                assert isinstance(error, QuotaExceededError), result
                 assert error.scope == "contact"
                 assert error.retry_after is not None and error.retry_after > 86_000
-                assert result.attempts == 1  # sent once, never retried
+                # The first change is sent once, never retried; the contact's later ones are
+                # never sent: the client remembers the spent quota.
+                assert result.attempts == (1 if result.index < 100 else 0)
             else:
                 assert result.ok, result
-        assert run.summary.errors == {"RateLimitError": 30}
-        assert fake.stats.rate_limited == {"contact": 30}
+        assert run.summary.errors == {"QuotaExceededError": 30}
+        assert fake.stats.rate_limited == {"contact": 10}
         assert not {email(contact) for contact in hot} & set(fake.puts)
 
 

@@ -251,7 +251,8 @@ async def test_an_on_token_refresh_error_in_a_background_refresh_is_logged(
     clock.now += 700
     await tokens.access_token(session)
     await tokens.drain()
-    assert "background token refresh failed: RuntimeError: webhook down" in caplog.text
+    assert "on_token_refresh raised RuntimeError" in caplog.text
+    assert isinstance(tokens.hook_error, RuntimeError)
     assert await tokens.access_token(session) == "access-1"  # saved and in use all the same
 
 
@@ -484,8 +485,12 @@ async def test_a_token_that_cannot_be_saved_is_not_used(
 
 
 @pytest.mark.parametrize("is_async", [False, True])
-async def test_on_token_refresh_errors_surface(
-    clock: Clock, wire: aioresponses, session: aiohttp.ClientSession, is_async: bool
+async def test_on_token_refresh_errors_are_logged_and_kept_never_raised_to_callers(
+    clock: Clock,
+    wire: aioresponses,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    is_async: bool,
 ) -> None:
     Endpoint(wire)
     store = MemoryTokenStore(expiring(clock, -1))
@@ -497,11 +502,13 @@ async def test_on_token_refresh_errors_surface(
         raise RuntimeError("webhook down")
 
     tokens = manager(store, on_token_refresh=async_callback if is_async else sync_callback)
-    with pytest.raises(RuntimeError, match="webhook down") as caught:
-        await tokens.access_token(session)
-    assert any("on_token_refresh" in note for note in caught.value.__notes__)
+    callers = await asyncio.gather(*(tokens.access_token(session) for _ in range(16)))
+    assert callers == ["access-1"] * 16  # every waiting call got the new token
     assert (await store.load()) == tokens.token
-    assert await tokens.access_token(session) == "access-1"
+    assert isinstance(tokens.hook_error, RuntimeError)
+    [record] = [r for r in caplog.records if "on_token_refresh" in r.getMessage()]
+    assert record.levelname == "ERROR"
+    assert record.exc_info is not None and "webhook down" in str(record.exc_info[1])
 
 
 @pytest.mark.parametrize(
