@@ -13,6 +13,7 @@ from typing import Any, Literal
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
+from .errors import ValidationError
 from .models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
 
 __all__ = ["ClearOwnerAs", "converter", "dumps", "funnel_from_json", "loads", "update_to_json"]
@@ -28,10 +29,15 @@ except ImportError:  # pragma: no cover - exercised when the extra is absent
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON bytes for a request body."""
-    if orjson is not None:
-        return orjson.dumps(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON bytes for a request body; a ValidationError when ``value`` is not JSON."""
+    try:
+        if orjson is not None:
+            return orjson.dumps(value)
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError) as error:
+        raise ValidationError(f"json cannot be sent as JSON: {error}") from None
 
 
 def loads(data: bytes) -> Any:

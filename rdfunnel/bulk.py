@@ -1,16 +1,19 @@
 """The bulk engine: many funnel updates in parallel, every one accounted for.
 
 Generic over an "apply one change" coroutine that the client hands it, so it never imports the
-client. Workers pull the input themselves, one item at a time and in input order, so memory is
-bounded by the concurrency however long the input is. Changes to one contact are chained: each
-waits for the one before it, so they never overlap and land in input order.
+client. ``concurrency`` workers share one scheduler that reads the input lazily, in input order,
+at most a bounded window ahead of what has finished, so memory is bounded however long the input
+is. Changes to one contact never overlap and land in input order: a change whose contact already
+has one in flight is parked, without holding a worker, until that one finishes, and workers go on
+with other contacts' changes meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -26,16 +29,9 @@ from typing import Any, Self
 
 import attrs
 
-from .errors import (
-    InvalidCredentialsError,
-    InvalidRefreshTokenError,
-    NotAttemptedError,
-    RDStationError,
-    ValidationError,
-)
-from .models import Contact, Funnel, FunnelUpdate
+from .errors import NotAttemptedError, RDStationError, ValidationError
+from .models import Contact, ContactKey, Funnel, FunnelUpdate
 from .ratelimit import RateLimiter
-from .tokens import TokenStoreError
 
 __all__ = ["BulkResult", "BulkRun", "BulkSummary"]
 
@@ -44,8 +40,9 @@ Changes = (
     Iterable[tuple[Contact | str, FunnelUpdate]] | AsyncIterable[tuple[Contact | str, FunnelUpdate]]
 )
 
-#: Errors after which no other request can succeed: the run stops pulling input.
-_TERMINAL = (InvalidRefreshTokenError, InvalidCredentialsError, TokenStoreError)
+#: How many changes beyond ``concurrency`` the run reads ahead by default, per worker: room to
+#: find other contacts' changes when the input is grouped by contact.
+LOOKAHEAD_PER_WORKER = 8
 
 
 @attrs.frozen
@@ -63,7 +60,11 @@ class BulkResult:
 
 @attrs.frozen
 class BulkSummary:
-    """Totals for a run: ``total == succeeded + failed + not_attempted``."""
+    """Totals for a run: ``total == succeeded + failed + not_attempted``.
+
+    Once iteration has finished, ``total`` is also how many items were read from the input: after
+    a stop, continue from there (``changes[summary.total:]``, or the same iterator).
+    """
 
     total: int
     succeeded: int
@@ -75,10 +76,13 @@ class BulkSummary:
 
 
 class BulkRun:
-    """A running ``update_many``: iterate it for one :class:`BulkResult` per input item.
+    """A running ``update_many``: iterate it for one :class:`BulkResult` per input item read.
 
     Use ``async with rd.funnels.update_many(...) as run: async for result in run: ...``, or a bare
-    ``async for``. Leaving early cancels the workers; ``run.summary`` has the totals so far.
+    ``async for``. Leaving early cancels the workers; ``run.summary`` has the totals so far. A
+    terminal error (``error.terminal``: a spent account quota, a refused authorization, a broken
+    token store) stops the run: nothing more is read, and items read but not sent come back as
+    :class:`NotAttemptedError`.
     """
 
     def __init__(
@@ -89,11 +93,15 @@ class BulkRun:
         concurrency: int = 16,
         limiter: RateLimiter | None = None,
         on_progress: Callable[[BulkSummary], object] | None = None,
+        lookahead: int | None = None,
     ) -> None:
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValidationError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        _check_count("concurrency", concurrency, 1)
+        if lookahead is None:
+            lookahead = LOOKAHEAD_PER_WORKER * concurrency
+        _check_count("lookahead", lookahead, 0)
         self._apply = apply
         self._concurrency = concurrency
+        self._window = concurrency + lookahead
         self._limiter = limiter
         self._on_progress = on_progress
         self._input: Iterator[Any] | AsyncIterator[Any] = (
@@ -105,8 +113,12 @@ class BulkRun:
         self._workers: list[asyncio.Task[None]] = []
         self._running = 0
         self._next_index = 0
-        self._tails: dict[tuple[str, str], asyncio.Event] = {}
-        self._stopped_by: BaseException | None = None
+        self._unfinished = 0  # read, without a result yet: in flight, ready or parked
+        self._ready: list[tuple[int, _Item]] = []  # released by their contact's previous change
+        self._parked: dict[ContactKey, deque[_Item]] = {}  # a contact with a change under way
+        self._room = asyncio.Event()  # set when a change finishes
+        self._ended = False  # no more input will be read
+        self._stopped_by: RDStationError | None = None
         self._failure: BaseException | None = None
         self._iterator: weakref.ref[AsyncGenerator[BulkResult, None]] | None = None
         self._started_at: float | None = None
@@ -115,7 +127,7 @@ class BulkRun:
         self._errors: Counter[str] = Counter()
 
     @property
-    def stopped_by(self) -> BaseException | None:
+    def stopped_by(self) -> RDStationError | None:
         """The terminal error that stopped the run early, or None."""
         return self._stopped_by
 
@@ -195,79 +207,125 @@ class BulkRun:
 
     async def _work(self) -> None:
         try:
-            while (item := await self._pull()) is not None:
-                await self._results.put(await self._run_one(item))
+            while (item := await self._next()) is not None:
+                result = await self._run_one(item)
+                self._finish(item)
+                await self._results.put(result)
         except Exception as exc:  # a bug here must end the run loudly, never hang the consumer
-            self._failure = self._failure or exc
+            self._fail(exc)
         self._running -= 1
         if self._running == 0:
             await self._results.put(None)
 
-    async def _pull(self) -> _Item | None:
-        """The next input item, validated and chained behind its contact's last change."""
+    async def _next(self) -> _Item | None:
+        """The next change a worker may send now, or None when there will be none for it.
+
+        A worker that gets None may stop: a parked change is released to the worker that
+        finishes its contact's previous change.
+        """
         async with self._pull_lock:
-            if self._stopped_by is not None or self._failure is not None:
-                return None
-            try:
-                if isinstance(self._input, AsyncIterator):
-                    raw = await anext(self._input)
-                else:
-                    raw = next(self._input)
-            except (StopIteration, StopAsyncIteration):
-                return None
-            except Exception as exc:  # the caller's input broke: stop, and raise it at the end
-                self._failure = exc
-                return None
-            item = _Item(self._next_index, raw)
-            self._next_index += 1
-            try:
-                item.contact, item.update = _validate(raw)
-            except ValidationError as exc:
-                item.error = exc
-                return item
-            # Registered under the lock, so each contact's chain follows input order.
-            item.key = (item.contact.kind, item.contact.value.lower())
-            item.before = self._tails.get(item.key)
-            item.done = self._tails[item.key] = asyncio.Event()
-            return item
+            while True:
+                if self._ready:
+                    return heapq.heappop(self._ready)[1]
+                if self._ended:
+                    return None
+                if self._unfinished >= self._window:  # read far enough ahead: wait for room
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                item = await self._read()
+                if item is None:
+                    continue
+                if item.key is None:
+                    return item  # bad input: its result is its error
+                waiting = self._parked.get(item.key)
+                if waiting is None:
+                    self._parked[item.key] = deque()
+                    return item
+                waiting.append(item)  # behind its contact's change under way, holding no worker
+
+    async def _read(self) -> _Item | None:
+        """One more input item, validated; None when the input has ended (or broke)."""
+        try:
+            if isinstance(self._input, AsyncIterator):
+                raw = await anext(self._input)
+            else:
+                raw = next(self._input)
+        except (StopIteration, StopAsyncIteration):
+            self._ended = True
+            return None
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the run itself is being cancelled
+            self._fail(exc)  # the input raised it: the input's failure, like any other
+            return None
+        except Exception as exc:  # the caller's input broke: stop, and raise it at the end
+            self._fail(exc)
+            return None
+        item = _Item(self._next_index, raw)
+        self._next_index += 1
+        self._unfinished += 1
+        try:
+            item.contact, item.update = _validate(raw)
+            item.key = item.contact.key
+        except Exception as exc:  # whatever the item is, it fails alone
+            item.error = (
+                exc
+                if isinstance(exc, ValidationError)
+                else ValidationError(f"cannot read change {item.index}: {type(exc).__name__}")
+            )
+        return item
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = self._failure or exc
+        self._ended = True
+
+    def _finish(self, item: _Item) -> None:
+        """``item`` has its result: release its contact's next change, make room to read."""
+        self._unfinished -= 1
+        if item.key is not None:
+            waiting = self._parked[item.key]
+            if waiting:
+                follower = waiting.popleft()
+                heapq.heappush(self._ready, (follower.index, follower))
+            else:
+                del self._parked[item.key]
+        self._room.set()
 
     async def _run_one(self, item: _Item) -> BulkResult:
         index, contact, update = item.index, item.contact, item.update
         if item.error is not None:
             return BulkResult(index, contact, update, ok=False, error=item.error)
-        assert item.done is not None
-        assert item.key is not None
+        if self._limiter is not None and self._stopped_by is None:
+            await self._limiter.acquire()
+        if self._stopped_by is not None:
+            return self._not_attempted_result(item)
         try:
-            if item.before is not None:
-                await item.before.wait()  # the contact's previous change goes first
-            if self._limiter is not None and self._stopped_by is None:
-                await self._limiter.acquire()
-            if self._stopped_by is not None:
-                error = NotAttemptedError(self._stopped_by)
-                return BulkResult(index, contact, update, ok=False, error=error)
-            try:
-                funnel, attempts = await self._apply(contact, update)
-            except RDStationError as exc:
-                if isinstance(exc, _TERMINAL) and self._stopped_by is None:
-                    self._stopped_by = exc
-                return BulkResult(
-                    index, contact, update, ok=False, error=exc, attempts=exc.attempts
-                )
-            except Exception as exc:  # a bug must not lose the item: report it as its result
-                unexpected = RDStationError(f"unexpected {type(exc).__name__}: {exc}")
-                unexpected.__cause__ = exc
-                return BulkResult(index, contact, update, ok=False, error=unexpected, attempts=1)
-            return BulkResult(index, contact, update, ok=True, funnel=funnel, attempts=attempts)
-        finally:
-            item.done.set()
-            if self._tails.get(item.key) is item.done:
-                del self._tails[item.key]
+            funnel, attempts = await self._apply(contact, update)
+        except RDStationError as exc:
+            if exc.terminal and self._stopped_by is None:
+                self._stopped_by = exc
+                self._ended = True  # read nothing more
+            if self._stopped_by is not None and exc.attempts == 0:
+                return self._not_attempted_result(item)  # never sent: the run has stopped
+            return BulkResult(index, contact, update, ok=False, error=exc, attempts=exc.attempts)
+        except Exception as exc:  # a bug must not lose the item: report it as its result
+            unexpected = RDStationError(f"unexpected {type(exc).__name__}: {exc}")
+            unexpected.__cause__ = exc
+            return BulkResult(index, contact, update, ok=False, error=unexpected, attempts=1)
+        return BulkResult(index, contact, update, ok=True, funnel=funnel, attempts=attempts)
+
+    def _not_attempted_result(self, item: _Item) -> BulkResult:
+        assert self._stopped_by is not None
+        error = NotAttemptedError(self._stopped_by)
+        return BulkResult(item.index, item.contact, item.update, ok=False, error=error)
 
 
 class _Item:
-    """One pulled input item on its way through a worker."""
+    """One input item read, on its way to its result."""
 
-    __slots__ = ("before", "contact", "done", "error", "index", "key", "update")
+    __slots__ = ("contact", "error", "index", "key", "update")
 
     def __init__(self, index: int, raw: Any) -> None:
         self.index = index
@@ -275,9 +333,12 @@ class _Item:
         self.contact: Any = raw[0] if pair else raw
         self.update: Any = raw[1] if pair else None
         self.error: ValidationError | None = None
-        self.key: tuple[str, str] | None = None
-        self.before: asyncio.Event | None = None
-        self.done: asyncio.Event | None = None
+        self.key: ContactKey | None = None
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValidationError(f"{name} must be a whole number >= {least}, got {value!r}")
 
 
 def _is_pair(raw: Any) -> bool:

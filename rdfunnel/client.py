@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -58,7 +59,30 @@ class RDStation:
         rate_limiter: RateLimiter | None = None,
         clear_owner_as: ClearOwnerAs = "string",
     ) -> None:
+        for name, value in (
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+            ("refresh_token", refresh_token),
+            ("access_token", access_token),
+            ("token_url", token_url),
+        ):
+            _check_optional_str(name, value)
+        _check_type("token", token, Token)
+        _check_type("token_store", token_store, TokenStore)
+        _check_type("session", session, aiohttp.ClientSession)
+        _check_type("retry", retry, RetryPolicy)
+        if on_token_refresh is not None and not callable(on_token_refresh):
+            raise ValidationError(f"on_token_refresh must be callable, got {on_token_refresh!r}")
+        if rate_limiter is not None and not callable(getattr(rate_limiter, "acquire", None)):
+            raise ValidationError(f"rate_limiter must be a RateLimiter, got {rate_limiter!r}")
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout, zero=False)
+        refresh_leeway = _check_seconds("refresh_leeway", refresh_leeway)
+        if not isinstance(base_url, str):
+            raise ValidationError(f"base_url must be a str, got {base_url!r}")
         base_url = check_url(base_url, "base_url")
+        if token_style not in ("json", "form"):
+            raise ValidationError(f"token_style must be 'json' or 'form', got {token_style!r}")
         if clear_owner_as not in ("string", "null"):
             raise ValidationError(
                 f"clear_owner_as must be 'string' or 'null', got {clear_owner_as!r}"
@@ -157,6 +181,15 @@ class RDStation:
         """Close the client's own session. Further calls raise a clear error."""
         await self._transport.close()
 
+    @property
+    def on_token_refresh_error(self) -> Exception | None:
+        """What ``on_token_refresh`` raised when last called, or None (it is logged too).
+
+        A failing hook never fails a call: the new token is saved and used all the same.
+        """
+        tokens = self._transport.tokens
+        return tokens.hook_error if isinstance(tokens, TokenManager) else None
+
     async def revoke(self) -> None:
         """Revoke this app's authorization at RD: the access and refresh tokens stop working."""
         tokens = self._transport.tokens
@@ -176,8 +209,12 @@ class RDStation:
 
         ``path`` starts with ``/`` and is relative to ``base_url``; returns the decoded JSON body.
         """
-        if not path.startswith("/"):
-            raise ValidationError(f"path must start with '/', got {path!r}")
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValidationError(f"method must be an HTTP method such as 'GET', got {method!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValidationError(f"path must be a str starting with '/', got {path!r}")
+        if params is not None and not isinstance(params, Mapping):
+            raise ValidationError(f"params must be a mapping, got {params!r}")
         payload, _ = await self._transport.send(
             method.upper(), path, json=json, params=params, encoded=False
         )
@@ -240,19 +277,27 @@ class Funnels:
         max_rate: float | None = None,
         on_progress: Callable[[BulkSummary], object] | None = None,
         funnel: str = "default",
+        lookahead: int | None = None,
     ) -> BulkRun:
-        """Apply many ``(contact, FunnelUpdate)`` changes in parallel; one result per change.
+        """Apply many ``(contact, FunnelUpdate)`` changes in parallel; one result per change read.
 
         ``changes`` may be any iterable or async iterable, even an endless one: it is read only as
-        workers free up. Changes to one contact run one at a time, in input order. ``max_rate``
-        caps this run's requests per second, on top of the client's own cap.
+        changes finish, at most ``concurrency + lookahead`` ahead (default lookahead: 8 per
+        worker). Changes to one contact run one at a time, in input order, without holding a
+        worker while they wait. ``max_rate`` caps this run's requests per second, on top of the
+        client's own cap.
         """
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.
         limiter = LocalRateLimiter(max_rate) if max_rate is not None else None
         apply = functools.partial(self._apply, funnel=funnel, resend_limiter=limiter)
         return BulkRun(
-            changes, apply, concurrency=concurrency, limiter=limiter, on_progress=on_progress
+            changes,
+            apply,
+            concurrency=concurrency,
+            limiter=limiter,
+            on_progress=on_progress,
+            lookahead=lookahead,
         )
 
     async def _apply(
@@ -273,6 +318,31 @@ class Funnels:
             "PUT", path, json=body, resend_limiter=resend_limiter, contact=contact.key
         )
         return funnel_from_json(payload), attempts
+
+
+def _check_optional_str(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        # The type only: the value may be a secret.
+        raise ValidationError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise ValidationError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object, *, zero: bool = True) -> float:
+    """``value`` as seconds: a finite number, >= 0 (or > 0 unless ``zero``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        bound = ">= 0" if zero else "> 0"
+        raise ValidationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
 
 
 def funnel_path(contact: Contact | str, funnel: str) -> str:

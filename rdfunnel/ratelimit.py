@@ -6,6 +6,7 @@ on the same client never add up to more than the cap, and one account-wide 429 h
 
 from __future__ import annotations
 
+import math
 from asyncio import sleep
 from collections import deque
 from time import monotonic
@@ -66,7 +67,12 @@ class LocalRateLimiter:
     )
 
     def __init__(self, max_rate: float | None = None) -> None:
-        if max_rate is not None and max_rate <= 0:
+        if max_rate is not None and (
+            isinstance(max_rate, bool)
+            or not isinstance(max_rate, int | float)
+            or not math.isfinite(max_rate)
+            or max_rate <= 0
+        ):
             raise ValidationError(
                 f"max_rate must be a positive number per second, got {max_rate!r}"
             )

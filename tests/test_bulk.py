@@ -212,7 +212,9 @@ async def test_a_terminal_auth_error_stops_the_run() -> None:
         if contact.value == "c1@example.com":
             await all_pulled.wait()
             refused.set()
-            raise InvalidRefreshTokenError(401, error_types=("INVALID_REFRESH_TOKEN",))
+            error = InvalidRefreshTokenError(401, error_types=("INVALID_REFRESH_TOKEN",))
+            error.attempts = 1  # sent, answered 401, and the refresh after it refused
+            raise error
         await refused.wait()  # still in flight when the refresh token is refused
         return Funnel(), 1
 
@@ -224,19 +226,25 @@ async def test_a_terminal_auth_error_stops_the_run() -> None:
                 all_pulled.set()
             yield item
 
-    run = BulkRun(source(), apply, concurrency=8)
+    run = BulkRun(source(), apply, concurrency=8, lookahead=4)
     results = {r.index: r for r in await collect(run)}
     assert isinstance(run.stopped_by, InvalidRefreshTokenError)
-    assert pulled == 8 and sorted(results) == list(range(8))  # nothing more was pulled
+    # Read up to the window (8 workers + 4 ahead), then nothing more after the stop:
+    assert pulled == 12 and sorted(results) == list(range(12))
     assert [i for i, r in results.items() if r.ok] == [0, 2, 3]  # already sent: they finish
     assert isinstance(results[1].error, InvalidRefreshTokenError)
-    # Pulled, queued behind their contact's previous change, never sent:
-    for index in (4, 5, 6, 7):
+    # Read, parked behind their contact's previous change, never sent:
+    for index in range(4, 12):
         error = results[index].error
         assert isinstance(error, NotAttemptedError) and error.reason is run.stopped_by
         assert results[index].attempts == 0
     summary = run.summary
-    assert (summary.succeeded, summary.failed, summary.not_attempted, summary.total) == (3, 1, 4, 8)
+    assert (summary.succeeded, summary.failed, summary.not_attempted, summary.total) == (
+        3,
+        1,
+        8,
+        12,
+    )
 
 
 async def test_a_broken_input_is_raised_after_the_results_it_gave() -> None:

@@ -116,6 +116,8 @@ class Backend:
         self._rps_headers = _headers(
             **{"ratelimit-limit-quotas": str(limits.account_rps), "retry-after-quotas": "1"}
         )
+        self._quota_start = float("-inf")
+        self._quota_used = 0
         for record in self.by_uuid.values():
             record.quota_start = float("-inf")
             record.quota_used = 0
@@ -203,6 +205,10 @@ class Backend:
             if self._rps_count > self._account_rps:
                 self.counters.rate_limited["account"] += 1
                 return self._answer(route, 429, B.ACCOUNT_429, self._rps_headers)
+        if self.limits.account_quota is not None:
+            spent = self._account_quota(route)
+            if spent is not None:
+                return spent
         header = request.headers.get("Authorization")
         if not header or header[:7].lower() != "bearer " or not header[7:].strip():
             return self._answer(route, 401, B.MISSING_TOKEN)
@@ -243,6 +249,24 @@ class Backend:
             counters.faults[kind] += 1
             return True
         return False
+
+    def _account_quota(self, route: str) -> web.Response | None:
+        """The account's quota per window, as the gateway answers it: hours to wait."""
+        now = self.clock()
+        if now >= self._quota_start + self._window:
+            self._quota_start = now
+            self._quota_used = 0
+        self._quota_used += 1
+        quota = self.limits.account_quota
+        assert quota is not None
+        if self._quota_used <= quota:
+            return None
+        self.counters.rate_limited["account"] += 1
+        left = math.ceil(self._quota_start + self._window - now)
+        headers = _headers(
+            **{"ratelimit-limit-quotas": str(quota), "retry-after-quotas": str(left)}
+        )
+        return self._answer(route, 429, B.ACCOUNT_429, headers)
 
     def _quota(self, record: ContactRecord, route: str) -> web.Response | None:
         """The per-contact quota: GET and PUT share one counter per contact per window."""

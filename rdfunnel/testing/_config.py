@@ -97,8 +97,11 @@ class Limits:
     ``per_contact``: funnel GETs and PUTs allowed per contact per ``window`` seconds (RD: 24 per
     86,400 s, one counter for both methods), answered with the account service's 429 body.
     ``account_rps``: API requests per second for the whole account, answered with the gateway's 429.
+    ``account_quota``: API requests per ``window`` for the whole account (RD: 1,000,000 a day),
+    answered with the gateway's 429 and ``retry-after-quotas`` set to the seconds left.
     """
 
     per_contact: int | None = attrs.field(default=None, validator=_optional_count)
     window: float = attrs.field(default=86400.0, validator=_positive)
     account_rps: int | None = attrs.field(default=None, validator=_optional_count)
+    account_quota: int | None = attrs.field(default=None, validator=_optional_count)
