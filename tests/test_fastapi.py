@@ -44,6 +44,7 @@ from rdfunnel.errors import (
     RequestTimeoutError,
     ServerError,
     TokenExpiredError,
+    TokenRefusedError,
     TransportError,
     UnexpectedStatusError,
     ValidationError,
@@ -325,6 +326,7 @@ MAPPINGS: list[Any] = [
         _api(InvalidCredentialsError, 401), 503, "rdstation_unauthorized", id="credentials"
     ),
     pytest.param(_api(ExpiredCodeGrantError, 401), 503, "rdstation_unauthorized", id="code"),
+    pytest.param(_api(TokenRefusedError, 401), 503, "rdstation_unauthorized", id="refused"),
     pytest.param(_api(TokenExpiredError, 401), 502, "rdstation_auth_failed", id="expired"),
     pytest.param(_api(AuthenticationError, 401), 502, "rdstation_auth_failed", id="auth"),
     pytest.param(_api(ForbiddenError, 403), 502, "rdstation_forbidden", id="forbidden"),

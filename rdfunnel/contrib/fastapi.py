@@ -60,6 +60,7 @@ from rdfunnel.errors import (
     RDStationError,
     RequestTimeoutError,
     ServerError,
+    TokenRefusedError,
     TransportError,
     ValidationError,
 )
@@ -229,7 +230,12 @@ def error_response(exc: RDStationError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-_REAUTHORIZE = (InvalidRefreshTokenError, InvalidCredentialsError, ExpiredCodeGrantError)
+_REAUTHORIZE = (
+    InvalidRefreshTokenError,
+    InvalidCredentialsError,
+    ExpiredCodeGrantError,
+    TokenRefusedError,
+)
 
 
 def _answer(exc: RDStationError) -> tuple[int, dict[str, Any], dict[str, str]]:
