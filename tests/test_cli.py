@@ -114,7 +114,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def journal(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The journal's row records (after its header line), without their content ids."""
+    header, *entries = (json.loads(line) for line in path.read_text().splitlines())
+    assert header["rdfunnel_journal"] == 2 and "row" not in header
+    return [{key: value for key, value in entry.items() if key != "id"} for entry in entries]
 
 
 def by_row(entries: list[dict[str, Any]]) -> Mapping[int, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The ``rdfunnel`` command: bulk updates from a file, single funnels, login, the demo.
 
 Exit status: 0 every row succeeded; 1 some rows failed or were bad; 2 usage or configuration
-error; 3 authentication failed for good (log in again); 130 interrupted (resume with --resume).
+error; 3 authentication failed for good (log in again); 4 the account's quota is spent (resume
+with --resume once it resets); 130 interrupted (resume with --resume).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -24,15 +26,15 @@ except ImportError:  # pragma: no cover - the message is the behaviour
     sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
 
 from ..client import DEFAULT_BASE_URL, RDStation
-from ..errors import AuthenticationError, RDStationError, ValidationError
+from ..errors import AuthenticationError, QuotaExceededError, RDStationError, ValidationError
 from ..models import NOT_SET, Funnel, FunnelUpdate
 from ..tokens import FileTokenStore
 from ._bulk import Outcome, check_file, run_file
-from ._rows import Journal, check_file_shape
+from ._rows import Journal, JournalMismatchError, check_file_shape
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_QUOTA, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 NO_APP = "set RDSTATION_CLIENT_ID and RDSTATION_CLIENT_SECRET (or --client-id and --client-secret)"
 
 LOGIN_AGAIN = "run `rdfunnel auth login` to authorize again"
@@ -176,11 +178,17 @@ def bulk(
         sys.exit(EXIT_FAILED if outcome.bad_rows else EXIT_OK)
     journal_path = results or file.with_name(file.name + ".results.jsonl")
     try:
-        journal = Journal(journal_path, resume=resume)
-    except FileExistsError as exc:
+        journal = Journal(journal_path, source=file, resume=resume)
+    except (FileExistsError, JournalMismatchError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot open the results file {journal_path}: {exc.strerror or exc}")
+    if journal.unreadable:
+        err.print(
+            f"[yellow]{journal_path}: skipped {journal.unreadable} unreadable line(s) (cut short "
+            "or not UTF-8 JSON); their rows count as not done[/]",
+            highlight=False,
+        )
     try:
         outcome = run(_bulk(settings, file, journal, concurrency, max_rate))
     finally:
@@ -241,6 +249,8 @@ async def _run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]])
 def _exit_status(outcome: Outcome) -> int:
     if isinstance(outcome.stopped_by, AuthenticationError):
         return EXIT_AUTH
+    if isinstance(outcome.stopped_by, QuotaExceededError):
+        return EXIT_QUOTA
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if outcome.all_ok else EXIT_FAILED
@@ -248,7 +258,9 @@ def _exit_status(outcome: Outcome) -> int:
 
 def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> None:
     table = Table(title="rdfunnel bulk run", show_header=False)
-    table.add_row("rows", f"{outcome.rows:,}")
+    table.add_row("rows in the file", f"{outcome.in_file:,}")
+    if outcome.rows != outcome.in_file:
+        table.add_row("rows read", f"{outcome.rows:,}")
     table.add_row("updated", f"[green]{outcome.sent.succeeded:,}[/]")
     if outcome.skipped:
         table.add_row("already done (skipped)", f"{outcome.skipped:,}")
@@ -262,12 +274,25 @@ def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> No
     table.add_row("elapsed", f"{elapsed:.1f} s")
     table.add_row("throughput", f"{rate:,.0f} updates/s")
     out.print(table)
-    if outcome.stopped_by is not None:
-        hint = f" ({LOGIN_AGAIN})" if isinstance(outcome.stopped_by, AuthenticationError) else ""
-        err.print(f"[red]stopped early:[/] {outcome.stopped_by}{hint}", highlight=False)
+    stopped_by = outcome.stopped_by
+    if isinstance(stopped_by, QuotaExceededError):
+        err.print(f"[red]stopped early:[/] {_quota_spent(stopped_by)}", highlight=False)
+    elif stopped_by is not None:
+        hint = f" ({LOGIN_AGAIN})" if isinstance(stopped_by, AuthenticationError) else ""
+        err.print(f"[red]stopped early:[/] {stopped_by}{hint}", highlight=False)
     if outcome.interrupted:
         err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
     out.print(f"results: {journal}", highlight=False)
+
+
+def _quota_spent(error: QuotaExceededError) -> str:
+    wait = error.retry_after or 0.0
+    when = datetime.now().astimezone() + timedelta(seconds=wait)
+    return (
+        f"the account's API quota is spent; RD asks to wait {wait / 3600:.1f} h, until about "
+        f"{when:%Y-%m-%d %H:%M %Z}. Rows not sent are not in the results file: run the same "
+        "command with --resume then"
+    )
 
 
 # -- funnel get / set ------------------------------------------------------------------------
@@ -440,7 +465,7 @@ def demo(contacts: int, concurrency: int) -> None:
     async def main() -> tuple[Outcome, Path, int]:
         async with demo_fake(contacts) as fake:
             setup = await prepare_demo(fake, contacts, err)
-            journal = Journal(setup.results, resume=False)
+            journal = Journal(setup.results, source=setup.changes, resume=False)
             try:
                 async with setup.client(fake) as rd:
                     outcome = await _run_interruptible(

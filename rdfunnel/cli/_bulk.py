@@ -22,14 +22,15 @@ from rich.progress import (
 
 from ..bulk import BulkSummary
 from ..client import RDStation
-from ..errors import ValidationError
-from ..models import Contact, FunnelUpdate
+from ..errors import NotAttemptedError, ValidationError
+from ..models import Contact, ContactKey, FunnelUpdate
 from ._rows import Journal, Row, count_rows, read_rows
 
-__all__ = ["Outcome", "check_file", "run_file"]
+__all__ = ["Outcome", "check_file", "resume_points", "run_file"]
 
-#: Bad rows printed one by one before the rest are only counted (all are in the journal).
-MAX_PRINTED_PROBLEMS = 50
+#: Rows printed one by one (bad, or refused by RD) before the rest are only counted: all are in
+#: the journal.
+MAX_PRINTED_PROBLEMS = 20
 
 
 _NOTHING_SENT = BulkSummary(0, 0, 0, 0, {}, 0, 0.0)
@@ -41,6 +42,7 @@ class Outcome:
     that never reached it (bad, or already done in an earlier run)."""
 
     rows: int = 0
+    in_file: int = 0
     bad_rows: int = 0
     skipped: int = 0
     interrupted: bool = False
@@ -65,19 +67,40 @@ class Outcome:
 
 
 class _Problems:
-    """Prints bad rows with their numbers, up to a limit, to the error console."""
+    """Prints rows that failed (bad, or refused by RD) with their line, contact and reason, up
+    to a limit, to the error console; then how many more, and where they all are."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.count = 0
 
-    def report(self, row: Row) -> None:
+    def report(self, row: Row, reason: str) -> None:
         self.count += 1
         if self.count <= MAX_PRINTED_PROBLEMS:
             who = f" ({row.contact})" if row.contact else ""
-            self.console.print(f"[yellow]row {row.number}{who}: {row.problem}[/]", highlight=False)
-        elif self.count == MAX_PRINTED_PROBLEMS + 1:
-            self.console.print("[yellow]… more bad rows: see the results file[/]")
+            self.console.print(f"[yellow]row {row.number}{who}: {reason}[/]", highlight=False)
+
+    def close(self, journal: Path | None) -> None:
+        more = self.count - MAX_PRINTED_PROBLEMS
+        if more > 0:
+            where = f": every one is in {journal}" if journal else ""
+            self.console.print(
+                f"[yellow]… and {more:,} more failed rows{where}[/]", highlight=False
+            )
+
+
+def resume_points(path: Path, done: set[str]) -> dict[ContactKey, int]:
+    """For each contact with a row not done, the line of its first such row.
+
+    A resumed run sends that row and every later row of the contact, in file order, so that
+    the contact ends as the file says even if a later row was applied before an earlier one
+    failed or was cut off.
+    """
+    points: dict[ContactKey, int] = {}
+    for row in read_rows(path):
+        if row.change is not None and row.id not in done:
+            points.setdefault(row.change[0].key, row.number)
+    return points
 
 
 def check_file(path: Path, console: Console) -> Outcome:
@@ -88,7 +111,9 @@ def check_file(path: Path, console: Console) -> Outcome:
         outcome.rows += 1
         if row.problem is not None:
             outcome.bad_rows += 1
-            problems.report(row)
+            problems.report(row, row.problem)
+    outcome.in_file = outcome.rows
+    problems.close(None)
     return outcome
 
 
@@ -106,10 +131,11 @@ async def run_file(
 
     Setting ``stop`` stops reading new rows; requests in flight finish and are journaled.
     """
-    outcome = Outcome()
+    outcome = Outcome(in_file=count_rows(path))
     problems = _Problems(console)
     rows_by_index: dict[int, Row] = {}
     indices = itertools.count()
+    resume_from = resume_points(path, journal.done) if journal.done else None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -122,7 +148,7 @@ async def run_file(
         console=console,
         transient=False,
     )
-    task = progress.add_task("updating", total=count_rows(path), rate=0.0, ok=0, failed=0)
+    task = progress.add_task("updating", total=outcome.in_file, rate=0.0, ok=0, failed=0)
 
     def advance() -> None:
         elapsed = progress.tasks[0].elapsed or 0.0
@@ -144,16 +170,18 @@ async def run_file(
                 outcome.interrupted = True
                 return
             outcome.rows += 1
-            if row.number in journal.done:
-                outcome.skipped += 1
-                progress.update(task, advance=1)
-                continue
             if row.change is None:
                 outcome.bad_rows += 1
-                problems.report(row)
-                journal.record(row.number, row.contact, ValidationError(row.problem), 0)
+                problems.report(row, str(row.problem))
+                journal.record(row, ValidationError(row.problem), 0)
                 advance()
                 continue
+            if resume_from is not None:
+                first = resume_from.get(row.change[0].key)
+                if first is None or row.number < first:
+                    outcome.skipped += 1  # done, and no earlier row of its contact is resent
+                    progress.update(task, advance=1)
+                    continue
             rows_by_index[next(indices)] = row
             yield row.change
 
@@ -166,8 +194,14 @@ async def run_file(
         ) as run:
             async for result in run:
                 row = rows_by_index.pop(result.index)
-                journal.record(row.number, row.contact, result.error, result.attempts)
+                if isinstance(result.error, NotAttemptedError):
+                    advance()  # never sent: not journaled, so a resume sends it
+                    continue
+                journal.record(row, result.error, result.attempts)
+                if result.error is not None:
+                    problems.report(row, f"{type(result.error).__name__}: {result.error}")
                 advance()
         outcome.sent = run.summary
         outcome.stopped_by = run.stopped_by
+    problems.close(journal.path)
     return outcome
