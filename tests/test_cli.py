@@ -636,7 +636,7 @@ async def test_auth_revoke_ends_the_authorization(cli: Cli, fake: FakeRDStation)
 # -- demo ------------------------------------------------------------------------------------
 
 
-async def test_demo_runs_the_whole_job_and_prints_its_summary(tmp_path: Path) -> None:
+async def demo(tmp_path: Path, *args: str) -> tuple[int | None, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -644,21 +644,34 @@ async def test_demo_runs_the_whole_job_and_prints_its_summary(tmp_path: Path) ->
         "demo",
         "--contacts",
         "300",
+        *args,
         cwd=tmp_path,
         env={**os.environ, "PYTHONIOENCODING": "utf-8", "TMPDIR": str(tmp_path)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    return process.returncode, stdout.decode(), stderr.decode()
 
-    assert process.returncode == OK, stderr.decode()
-    summary = stdout.decode()
+
+async def test_demo_runs_the_whole_job_and_prints_its_summary(tmp_path: Path) -> None:
+    code, summary, stderr = await demo(tmp_path, "--keep")
+
+    assert code == OK, stderr
     assert "rdfunnel bulk run" in summary
     assert "updated" in summary
     assert "failed: ValidationError" in summary
     results = Path(summary.split("results: ")[1].split()[0])
     assert results.is_relative_to(tmp_path)
     assert len(journal(results)) > 300
+
+
+async def test_demo_leaves_no_files_behind(tmp_path: Path) -> None:
+    code, summary, stderr = await demo(tmp_path)
+
+    assert code == OK, stderr
+    assert "rdfunnel bulk run" in summary
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- helpers ---------------------------------------------------------------------------------

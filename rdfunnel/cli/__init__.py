@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,10 +28,10 @@ except ImportError:  # pragma: no cover - the message is the behaviour
 
 from ..client import DEFAULT_BASE_URL, RDStation
 from ..errors import AuthenticationError, QuotaExceededError, RDStationError, ValidationError
-from ..models import NOT_SET, Funnel, FunnelUpdate
+from ..models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
 from ..tokens import FileTokenStore
 from ._bulk import Outcome, check_file, run_file
-from ._rows import Journal, JournalMismatchError, check_file_shape
+from ._rows import Journal, JournalMismatchError, check_file_shape, parse_flag
 
 __all__ = ["main"]
 
@@ -67,6 +68,7 @@ class Settings:
             fail(NO_APP)
         if not self.token_file.exists() and not self.refresh_token:
             fail(f"not logged in: no token in {self.token_file}; run `rdfunnel auth login`")
+        self._warn_if_refresh_token_ignored()
         return RDStation(
             client_id=self.client_id,
             client_secret=self.client_secret,
@@ -75,6 +77,23 @@ class Settings:
             base_url=self.base_url,
             **kwargs,
         )
+
+    def _warn_if_refresh_token_ignored(self) -> None:
+        """The token file wins over a refresh token given: say so, or the new one seems lost."""
+        if not self.refresh_token or not self.token_file.exists():
+            return
+        try:
+            stored = json.loads(self.token_file.read_text(encoding="utf-8")).get("refresh_token")
+        except (OSError, ValueError, AttributeError):
+            return  # the store itself reports an unreadable file
+        if stored != self.refresh_token:
+            err.print(
+                f"[yellow]note:[/] the refresh token given (--refresh-token or "
+                f"RDSTATION_REFRESH_TOKEN) is not used: {self.token_file} already holds a token, "
+                "and the token file wins. To start from the new refresh token, delete that file "
+                "or point --token-file (RDFUNNEL_TOKEN_FILE) at another one",
+                highlight=False,
+            )
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -120,7 +139,11 @@ class _Command(click.Group):
     help="seeds an empty token file [env: RDSTATION_REFRESH_TOKEN]",
 )
 @click.option(
-    "--base-url", envvar="RDSTATION_BASE_URL", default=DEFAULT_BASE_URL, show_default=True
+    "--base-url",
+    envvar="RDSTATION_BASE_URL",
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="[env: RDSTATION_BASE_URL]",
 )
 @click.option(
     "--token-file",
@@ -256,7 +279,7 @@ def _exit_status(outcome: Outcome) -> int:
     return EXIT_OK if outcome.all_ok else EXIT_FAILED
 
 
-def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> None:
+def _report(outcome: Outcome, journal: Path | None, refreshes: int | None = None) -> None:
     table = Table(title="rdfunnel bulk run", show_header=False)
     table.add_row("rows in the file", f"{outcome.in_file:,}")
     if outcome.rows != outcome.in_file:
@@ -282,7 +305,8 @@ def _report(outcome: Outcome, journal: Path, refreshes: int | None = None) -> No
         err.print(f"[red]stopped early:[/] {stopped_by}{hint}", highlight=False)
     if outcome.interrupted:
         err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
-    out.print(f"results: {journal}", highlight=False)
+    if journal is not None:
+        out.print(f"results: {journal}", highlight=False)
 
 
 def _quota_spent(error: QuotaExceededError) -> str:
@@ -317,10 +341,24 @@ def funnel_get(settings: Settings, contact: str, as_json: bool) -> None:
     _show(contact, run(get()), as_json)
 
 
+def _yes_no(ctx: click.Context, param: click.Parameter, value: str | None) -> bool | None:
+    """Yes or no in the same words change files take, case-insensitive."""
+    if value is None:
+        return None
+    flag = parse_flag(value)
+    if not isinstance(flag, bool):
+        raise click.BadParameter(f"{value!r} is not one of true/false, yes/no, sim/não, 1/0")
+    return flag
+
+
 @funnel.command("set")
 @click.argument("contact")
-@click.option("--stage", type=click.Choice(["Lead", "Qualified Lead", "Client"]))
-@click.option("--opportunity", type=click.BOOL, help="true or false")
+@click.option(
+    "--stage", type=click.Choice([stage.value for stage in LifecycleStage], case_sensitive=False)
+)
+@click.option(
+    "--opportunity", callback=_yes_no, metavar="YES/NO", help="true/false, yes/no, sim/não, 1/0"
+)
 @click.option("--owner", help="the owner's email address")
 @click.option("--clear-owner", is_flag=True, help="remove the contact's owner")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -337,6 +375,10 @@ def funnel_set(
     """Change only the given fields of CONTACT's funnel."""
     if owner and clear_owner:
         fail("--owner and --clear-owner exclude each other")
+    if stage is None and opportunity is None and owner is None and not clear_owner:
+        fail(
+            "nothing to change: give at least one of --stage, --opportunity, --owner, --clear-owner"
+        )
     try:
         update = FunnelUpdate(
             lifecycle_stage=stage or NOT_SET,
@@ -344,7 +386,7 @@ def funnel_set(
             contact_owner_email=None if clear_owner else (owner or NOT_SET),
         )
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc).replace("contact_owner_email", "--owner"))
 
     async def apply() -> Funnel:
         async with settings.client() as rd:
@@ -381,18 +423,32 @@ def auth() -> None:
 
 
 @auth.command("login")
-@click.option("--port", default=8976, show_default=True, help="local callback port (0: any)")
+@click.option(
+    "--port",
+    default=8976,
+    show_default=True,
+    help="local callback port (0: any); the RD app must list http://127.0.0.1:PORT/callback",
+)
 @click.option("--open/--no-open", "open_browser", default=True, help="open the browser")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait")
 @click.pass_obj
 def auth_login(settings: Settings, port: int, open_browser: bool, timeout: float) -> None:
-    """Authorize in the browser; the token is saved to the token file."""
+    """Authorize in the browser; the token is saved to the token file.
+
+    rdfunnel listens on http://127.0.0.1:PORT/callback (8976 by default) for RD's answer: that
+    URL must be registered as a redirect URI of your app in RD Station.
+    """
     from ._login import LoginError, login
 
     if not (settings.client_id and settings.client_secret):
         fail(NO_APP)
 
-    def show(url: str) -> None:
+    def show(url: str, callback: str) -> None:
+        err.print(
+            f"listening for RD's answer on {callback}: your RD app must have it registered as "
+            "a redirect URI",
+            highlight=False,
+        )
         err.print("[yellow]Open this URL to authorize rdfunnel:[/]")
         click.echo(url)
 
@@ -458,13 +514,18 @@ def auth_revoke(settings: Settings) -> None:
 @cli.command()
 @click.option("--contacts", default=3000, show_default=True, type=click.IntRange(10, 100_000))
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 512))
-def demo(contacts: int, concurrency: int) -> None:
-    """Run the whole job against an embedded fake RD Station: no account needed."""
+@click.option("--keep", is_flag=True, help="keep the demo's folder (changes, results, token)")
+def demo(contacts: int, concurrency: int, keep: bool) -> None:
+    """Run the whole job against an embedded fake RD Station: no account needed.
+
+    Its files live in a temporary folder, removed at the end unless --keep is given.
+    """
     from ._demo import demo_fake, prepare_demo
 
     async def main() -> tuple[Outcome, Path, int]:
         async with demo_fake(contacts) as fake:
             setup = await prepare_demo(fake, contacts, err)
+            folders.append(setup.folder)
             journal = Journal(setup.results, source=setup.changes, resume=False)
             try:
                 async with setup.client(fake) as rd:
@@ -483,8 +544,16 @@ def demo(contacts: int, concurrency: int) -> None:
                 journal.close()
             return outcome, setup.results, setup.refreshes
 
-    outcome, results, refreshes = run(main())
-    _report(outcome, results, refreshes)
+    folders: list[Path] = []
+    try:
+        outcome, results, refreshes = run(main())
+        _report(outcome, results if keep else None, refreshes)
+        if not keep:
+            out.print("(the demo's files were removed; pass --keep to keep them)")
+    finally:
+        if not keep:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
     sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK)
 
 
@@ -493,10 +562,14 @@ def demo(contacts: int, concurrency: int) -> None:
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def fake_server(args: tuple[str, ...]) -> None:
-    """Serve the fake RD Station (options: rdfunnel fake-server --help)."""
+    """Serve the fake RD Station and print the environment that points rdfunnel at it.
+
+    The environment names a throwaway token file, so the fake's token never lands in your real
+    account's token file. Options: rdfunnel fake-server --help.
+    """
     from ..testing.__main__ import main as serve
 
-    sys.exit(serve(list(args)))
+    sys.exit(serve(["--print-env", *args]))
 
 
 def main() -> None:

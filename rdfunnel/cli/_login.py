@@ -31,7 +31,7 @@ async def login(
     store: TokenStore,
     port: int,
     open_browser: bool,
-    show: Callable[[str], None],
+    show: Callable[[str, str], None],
     wait: float = 300.0,
 ) -> Token:
     """Send the user to RD's consent page, receive the code on 127.0.0.1, and save the token."""
@@ -63,7 +63,7 @@ async def login(
         actual_port = runner.addresses[0][1]
         redirect_uri = f"http://127.0.0.1:{actual_port}/callback"
         url, state = authorization_url(client_id, redirect_uri, base_url=base_url)
-        show(url)
+        show(url, redirect_uri)
         if open_browser:
             webbrowser.open(url)
         try:

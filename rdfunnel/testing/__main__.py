@@ -1,7 +1,9 @@
 """``python -m rdfunnel.testing``: serve a FakeRDStation until stopped.
 
 Prints one JSON line on start (``url``, ``client_id``, ``client_secret``, ``refresh_token``) so a
-script or a benchmark can read where to connect and with what.
+script or a benchmark can read where to connect and with what. ``--print-env`` then prints the
+shell lines that point rdfunnel at it, with a throwaway token file (removed on exit), so a fake's
+token never lands in a real account's token file.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._config import FAULT_KINDS, Faults, Limits
 from ._server import FakeRDStation
@@ -50,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--slow-seconds", type=float, default=30.0)
     faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
     faults.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--print-env",
+        action="store_true",
+        help="also print `export` lines for rdfunnel, with a throwaway token file",
+    )
     parser.add_argument(
         "--uvloop",
         action="store_true",
@@ -92,7 +102,26 @@ async def _serve(args: argparse.Namespace) -> None:
             "refresh_token": fake.refresh_token,
         }
         print(json.dumps(line), flush=True)
-        await stop.wait()
+        if not args.print_env:
+            await stop.wait()
+            return
+        with tempfile.TemporaryDirectory(prefix="rdfunnel-fake-") as folder:
+            print(_environment(fake, Path(folder) / "token.json"), flush=True)
+            await stop.wait()
+
+
+def _environment(fake: FakeRDStation, token_file: Path) -> str:
+    settings = {
+        "RDSTATION_BASE_URL": fake.url,
+        "RDSTATION_CLIENT_ID": fake.client_id,
+        "RDSTATION_CLIENT_SECRET": fake.client_secret,
+        "RDSTATION_REFRESH_TOKEN": fake.refresh_token,
+        "RDFUNNEL_TOKEN_FILE": str(token_file),
+    }
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in settings.items()]
+    return "\n".join(
+        ["# to use this fake (its token file is a throwaway one, removed on exit):", *lines]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
