@@ -149,6 +149,30 @@ def latency(report: Report, size: Callable[[int], int], reps: int, quick: bool) 
             )
 
 
+def grouped(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> None:
+    delay, each = 0.05, 4 if quick else 16
+    for contacts, c in ((8, 16), (32, 32)):
+        n = contacts * each
+        with fake_server("--contacts", str(max(n, c)), "--latency", str(delay)) as fake:
+            cfg = {**fake, "n": n, "concurrency": c, "contacts": contacts}
+            runs = interleaved(["grouped", "interleaved"], cfg, reps)
+        wall, mixed = median(runs["grouped"], "wall"), median(runs["interleaved"], "wall")
+        ratio = wall / mixed
+        name = (
+            f"{contacts} contacts x {each} changes via update_many, {delay * 1000:.0f} ms "
+            f"latency, C={c}"
+        )
+        measure_ = "wall, grouped by contact / interleaved"
+        report.add(name, measure_, ratio, "<= 1.25", ratio <= 1.25 or quick)
+        failed = sum(run["failed"] for order in runs.values() for run in order)
+        report.notes.append(
+            f"{name}, default look-ahead (at most C + 8 x C = {9 * c} changes read and "
+            f"unfinished): grouped (aa..bb..) "
+            f"{wall:.2f} s, interleaved (ab..ab..) {mixed:.2f} s, {failed} failed; one "
+            f"contact's {each} changes, one after another, take at least {each * delay:.2f} s"
+        )
+
+
 def rates(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> None:
     n = size(3_000)
     with fake_server("--contacts", str(n), "--account-rps", "200") as fake:
@@ -193,7 +217,14 @@ def token(report: Report, size: Callable[[int], int], reps: int, quick: bool) ->
             )
 
 
-SCENARIOS = {"cpu": cpu, "memory": memory, "latency": latency, "rates": rates, "token": token}
+SCENARIOS = {
+    "cpu": cpu,
+    "memory": memory,
+    "latency": latency,
+    "grouped": grouped,
+    "rates": rates,
+    "token": token,
+}
 
 
 def main() -> None:

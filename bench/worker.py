@@ -146,8 +146,21 @@ def changes(n: int, offset: int = 0) -> Iterator[tuple[str, FunnelUpdate]]:
         )
 
 
+def by_contact(contacts: int, each: int, grouped: bool) -> Iterator[tuple[str, FunnelUpdate]]:
+    """``each`` changes to each of ``contacts`` contacts, grouped by contact (aa..bb..) or
+    interleaved (ab..ab..): the same changes in either order."""
+    for i in range(contacts * each):
+        contact = i // each if grouped else i % contacts
+        yield f"contact-{contact}@example.com", FunnelUpdate(lifecycle_stage=STAGES[i % 3])
+
+
 async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
     n, c = cfg["n"], cfg["concurrency"]
+    if "order" in cfg:
+        contacts = cfg["contacts"]
+        source = by_contact(contacts, n // contacts, cfg["order"] == "grouped")
+    else:
+        source = changes(n)
     counts = {"requests": 0, "429s": 0}
     session = _session(c, counts if cfg.get("count") else None)  # tracing costs CPU
     async with client(cfg, session=session) as rd:
@@ -159,7 +172,7 @@ async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
 
         async def job() -> dict[str, Any]:
             async with rd.funnels.update_many(
-                changes(n), concurrency=c, max_rate=cfg.get("max_rate")
+                source, concurrency=c, max_rate=cfg.get("max_rate")
             ) as run:
                 failed = sum([not result.ok async for result in run])
             summary = run.summary
@@ -316,6 +329,8 @@ IMPLS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "raw": raw,
     "rdfunnel": rdfunnel,
     "bulk": bulk,
+    "grouped": lambda cfg: bulk({**cfg, "order": "grouped"}),
+    "interleaved": lambda cfg: bulk({**cfg, "order": "interleaved"}),
     "httpx": httpx_authlib,
     "expired": expired,
     "round_trip": round_trip,

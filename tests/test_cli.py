@@ -113,10 +113,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def journal(path: Path) -> list[dict[str, Any]]:
+def journal(path: Path, *, keep_ids: bool = False) -> list[dict[str, Any]]:
     """The journal's row records (after its header line), without their content ids."""
     header, *entries = (json.loads(line) for line in path.read_text().splitlines())
     assert header["rdfunnel_journal"] == 2 and "row" not in header
+    if keep_ids:
+        return entries
     return [{key: value for key, value in entry.items() if key != "id"} for entry in entries]
 
 
@@ -588,6 +590,9 @@ async def test_auth_login_through_the_browser_flow(cli: Cli, fake: FakeRDStation
 
     assert result.code == OK, result.stderr
     assert "logged in" in result.stdout
+    callback = f"http://127.0.0.1:{page.url.port}/callback"
+    assert f"listening for RD's answer on {callback}" in result.stderr
+    assert "registered as a redirect URI" in result.stderr
     assert stat.S_IMODE(cli.token_file.stat().st_mode) == 0o600
     assert fake.stats.count("auth.token", 200) == 1
     check = await cli("funnel", "get", "contact-1@example.com", RDSTATION_REFRESH_TOKEN=None)
@@ -671,7 +676,7 @@ async def test_demo_leaves_no_files_behind(tmp_path: Path) -> None:
 
     assert code == OK, stderr
     assert "rdfunnel bulk run" in summary
-    assert list(tmp_path.iterdir()) == []
+    assert os.listdir(tmp_path) == []
 
 
 # -- helpers ---------------------------------------------------------------------------------

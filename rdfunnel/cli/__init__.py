@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the message is the behaviour
 from ..client import DEFAULT_BASE_URL, RDStation
 from ..errors import AuthenticationError, QuotaExceededError, RDStationError, ValidationError
 from ..models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
-from ..tokens import FileTokenStore
+from ..tokens import FileTokenStore, TokenStoreError
 from ._bulk import Outcome, check_file, run_file
 from ._rows import Journal, JournalMismatchError, check_file_shape, parse_flag
 
@@ -107,8 +107,8 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except AuthenticationError as exc:
         fail(f"{exc} ({LOGIN_AGAIN})", EXIT_AUTH)
-    except ValidationError as exc:
-        fail(str(exc))
+    except (ValidationError, TokenStoreError) as exc:
+        fail(str(exc))  # a setting to change: the message says which
     except RDStationError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
     except Aborted:
@@ -274,6 +274,8 @@ def _exit_status(outcome: Outcome) -> int:
         return EXIT_AUTH
     if isinstance(outcome.stopped_by, QuotaExceededError):
         return EXIT_QUOTA
+    if isinstance(outcome.stopped_by, TokenStoreError):
+        return EXIT_USAGE
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if outcome.all_ok else EXIT_FAILED
