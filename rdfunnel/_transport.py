@@ -169,10 +169,10 @@ class Transport:
                 ) as response:
                     body = await response.read()
                     status = response.status
+                    if token is not self._proven and _past_auth(status):
+                        self._proven = token
+                        self._tokens.accepted(token)
                     if status < 300:
-                        if token is not self._proven:
-                            self._proven = token
-                            self._tokens.accepted(token)
                         return _decode(status, response.headers, body), attempts
                     error: RDStationError = error_from_response(
                         status, response.headers, body, max_wait=self._retry.max_wait
@@ -236,6 +236,12 @@ class Transport:
             await self._limiter.pause(wait)  # hold every request of this client, not just ours
             return 0.0
         return wait
+
+
+def _past_auth(status: int) -> bool:
+    """Whether an answer shows the token was accepted: RD checks it before a 404 or a 400, but
+    its gateway may answer 5xx and 429 without looking at it."""
+    return status < 500 and status not in (401, 429)
 
 
 def _decode(status: int, headers: Mapping[str, str], body: bytes) -> Any:

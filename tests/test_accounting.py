@@ -164,6 +164,19 @@ async def test_early_expiries_never_fail_a_row(clock: VirtualClock) -> None:
     assert fake.stats.count("auth.token", 401) == 0  # no rotated refresh token was lost
 
 
+async def test_a_404_proves_the_token_so_early_expiries_do_not_add_up(
+    clock: VirtualClock,
+) -> None:
+    faults = Faults(early_expiry=0.2, seed=5)
+    async with FakeRDStation(faults=faults) as fake, fake.client(retry=FAST) as rd:
+        unknown = [(f"nobody-{i}@example.com", LEAD) for i in range(200)]
+        run = rd.funnels.update_many(unknown, concurrency=4)
+        results = await collect(run)
+    assert run.stopped_by is None and len(results) == 200
+    assert {type(result.error).__name__ for result in results} == {"NotFoundError"}
+    assert fake.stats.faults["early_expiry"] >= 10
+
+
 async def test_a_failing_on_token_refresh_fails_no_call(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
