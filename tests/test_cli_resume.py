@@ -216,15 +216,20 @@ async def test_a_journal_of_another_file_is_refused(cli: Cli, tmp_path: Path) ->
 # -- a journal that survives crashes ---------------------------------------------------------
 
 
-async def test_a_journal_cut_short_is_repaired_before_appending(
-    cli: Cli, fake: FakeRDStation, tmp_path: Path
-) -> None:
+def first_row_done(tmp_path: Path) -> tuple[Path, Path]:
+    """A two-row change file, and its journal with the first row done."""
     changes = write(
         tmp_path / "changes.csv",
         "email,lifecycle_stage\ncontact-1@example.com,Client\ncontact-2@example.com,Client\n",
     )
-    row = ids(changes)
-    path = write_journal(changes, [{"row": 2, "id": row[2], "contact": "x", "ok": True}])
+    done = {"row": 2, "id": ids(changes)[2], "contact": "contact-1@example.com", "ok": True}
+    return changes, write_journal(changes, [done])
+
+
+async def test_a_journal_cut_short_is_repaired_before_appending(
+    cli: Cli, fake: FakeRDStation, tmp_path: Path
+) -> None:
+    changes, path = first_row_done(tmp_path)
     with path.open("ab") as handle:
         handle.write(b'{"row": 3, "contact"')  # the crash came mid-line
 
@@ -239,12 +244,7 @@ async def test_a_journal_cut_short_is_repaired_before_appending(
 async def test_undecodable_journal_bytes_are_reported_and_skipped(
     cli: Cli, fake: FakeRDStation, tmp_path: Path
 ) -> None:
-    changes = write(
-        tmp_path / "changes.csv",
-        "email,lifecycle_stage\ncontact-1@example.com,Client\ncontact-2@example.com,Client\n",
-    )
-    row = ids(changes)
-    path = write_journal(changes, [{"row": 2, "id": row[2], "contact": "x", "ok": True}])
+    changes, path = first_row_done(tmp_path)
     with path.open("ab") as handle:
         handle.write(b"\xff\xfe not utf-8\n")
         handle.write('{"row": 3, "message": "não'.encode()[:-1])  # cut inside "ã"
