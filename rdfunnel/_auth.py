@@ -12,6 +12,7 @@ import time
 from asyncio import sleep
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -297,10 +298,15 @@ class TokenManager:
             self.hook_error = None
 
     def _checked(self, stored: Token | None) -> Token | None:
-        """``stored``, unless it was issued to another app: then a clear error, never a 401."""
+        """``stored``, unless it was issued to another app: then a clear error, never a 401.
+
+        Another app is another client id, or a token endpoint on another host (another OAuth
+        server: RD's newer one, or a fake); the same server through a proxy or port is the same.
+        """
         app = self._app
         if stored is None or (
-            stored.client_id in (None, app.client_id) and stored.token_url in (None, app.token_url)
+            stored.client_id in (None, app.client_id)
+            and (stored.token_url is None or _host(stored.token_url) == _host(app.token_url))
         ):
             return stored
         raise TokenAppMismatchError(
@@ -365,6 +371,10 @@ class TokenManager:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             return error.retry_after if error.retry_after <= self._retry.max_wait else None
         return self._retry.backoff(attempt)
+
+
+def _host(url: str) -> str | None:
+    return urlsplit(url).hostname
 
 
 def _when(token: Token) -> str:

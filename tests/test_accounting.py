@@ -26,6 +26,7 @@ from rdfunnel import (
     Funnel,
     FunnelUpdate,
     LifecycleStage,
+    MemoryTokenStore,
     RDStation,
     RetryPolicy,
     Token,
@@ -420,3 +421,26 @@ async def test_a_token_file_of_another_app_is_refused(tmp_path: Path) -> None:
     assert str(path) in message and "another-app" in message and fake.client_id in message
     assert "RDFUNNEL_TOKEN_FILE" in message and "token_store" in message
     assert isinstance(caught.value, TokenStoreError)
+
+
+@pytest.mark.parametrize(
+    ("token_url", "refused"),
+    [
+        ("https://accounts.rdstation.com/oauth2/token", True),  # another OAuth server
+        ("https://api.rd.services:8443/proxied/auth/token", False),  # the same host
+    ],
+)
+async def test_a_token_from_another_token_server_is_refused(
+    wire: aioresponses, token_url: str, refused: bool
+) -> None:
+    stored = Token(access_token="a", refresh_token="r", client_id="c", token_url=token_url)
+    wire.get("https://api.rd.services/marketing/account_info", payload={"name": "x"})
+    async with RDStation(
+        client_id="c", client_secret="s", token_store=MemoryTokenStore(stored)
+    ) as rd:
+        if refused:
+            with pytest.raises(TokenAppMismatchError, match=r"accounts\.rdstation\.com"):
+                await rd.account_info()
+            assert wire.requests == {}
+        else:
+            assert await rd.account_info() == {"name": "x"}
