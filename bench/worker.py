@@ -172,7 +172,7 @@ async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
 
         async def job() -> dict[str, Any]:
             async with rd.funnels.update_many(
-                source, concurrency=c, max_rate=cfg.get("max_rate")
+                source, concurrency=c, max_rate=cfg.get("max_rate"), lookahead=cfg.get("lookahead")
             ) as run:
                 failed = sum([not result.ok async for result in run])
             summary = run.summary

@@ -23,3 +23,4 @@ def test_the_benchmark_runs(tmp_path: Path) -> None:
     for scenario in ("funnel GETs", "changes from a generator", "update_many", "max_rate=200"):
         assert scenario in table
     assert "token requests" in table
+    assert "grouped by contact / interleaved" in table
