@@ -7,115 +7,37 @@ with --resume once it resets); 130 interrupted (resume with --resume).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-
-import attrs
+from typing import Any
 
 try:
     import click
-    from rich.console import Console
-    from rich.table import Table
+    import rich  # noqa: F401 - the consoles of every command
 except ImportError:  # pragma: no cover - the message is the behaviour
     sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
 
-from ..client import DEFAULT_BASE_URL, RDStation
-from ..errors import AuthenticationError, QuotaExceededError, RDStationError, ValidationError
+from ..client import DEFAULT_BASE_URL
 from ..models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
-from ..tokens import FileTokenStore, TokenStoreError
 from ._bulk import Outcome, check_file, run_file
+from ._common import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    NO_APP,
+    Settings,
+    err,
+    fail,
+    out,
+    run,
+)
+from ._report import exit_status, report, run_interruptible
 from ._rows import Journal, JournalMismatchError, check_file_shape, parse_flag
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_QUOTA, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-NO_APP = "set RDSTATION_CLIENT_ID and RDSTATION_CLIENT_SECRET (or --client-id and --client-secret)"
-
-LOGIN_AGAIN = "run `rdfunnel auth login` to authorize again"
-
-T = TypeVar("T")
-# soft_wrap: a message stays on one line however narrow the terminal, so it can be grepped.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-class Aborted(Exception):
-    """A second Ctrl-C cancelled the requests in flight."""
-
-
-@attrs.frozen
-class Settings:
-    """Where to reach RD Station and with which credentials (flags, else the environment)."""
-
-    client_id: str | None
-    client_secret: str | None = attrs.field(repr=False)
-    refresh_token: str | None = attrs.field(repr=False)
-    base_url: str
-    token_file: Path
-
-    def store(self) -> FileTokenStore:
-        return FileTokenStore(self.token_file)
-
-    def client(self, **kwargs: Any) -> RDStation:
-        if not (self.client_id and self.client_secret):
-            fail(NO_APP)
-        if not self.token_file.exists() and not self.refresh_token:
-            fail(f"not logged in: no token in {self.token_file}; run `rdfunnel auth login`")
-        self._warn_if_refresh_token_ignored()
-        return RDStation(
-            client_id=self.client_id,
-            client_secret=self.client_secret,
-            refresh_token=self.refresh_token,
-            token_store=self.store(),
-            base_url=self.base_url,
-            **kwargs,
-        )
-
-    def _warn_if_refresh_token_ignored(self) -> None:
-        """The token file wins over a refresh token given: say so, or the new one seems lost."""
-        if not self.refresh_token or not self.token_file.exists():
-            return
-        try:
-            stored = json.loads(self.token_file.read_text(encoding="utf-8")).get("refresh_token")
-        except (OSError, ValueError, AttributeError):
-            return  # the store itself reports an unreadable file
-        if stored != self.refresh_token:
-            err.print(
-                f"[yellow]note:[/] the refresh token given (--refresh-token or "
-                f"RDSTATION_REFRESH_TOKEN) is not used: {self.token_file} already holds a token, "
-                "and the token file wins. To start from the new refresh token, delete that file "
-                "or point --token-file (RDFUNNEL_TOKEN_FILE) at another one",
-                highlight=False,
-            )
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False)
-    sys.exit(code)
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine, turning rdfunnel errors into a message and an exit status."""
-    try:
-        return asyncio.run(coroutine)
-    except AuthenticationError as exc:
-        fail(f"{exc} ({LOGIN_AGAIN})", EXIT_AUTH)
-    except (ValidationError, TokenStoreError) as exc:
-        fail(str(exc))  # a setting to change: the message says which
-    except RDStationError as exc:
-        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
-    except Aborted:
-        fail(
-            "aborted: rows in flight may not be in the results file; run again with --resume",
-            EXIT_INTERRUPTED,
-        )
 
 
 class _Command(click.Group):
@@ -216,15 +138,15 @@ def bulk(
         outcome = run(_bulk(settings, file, journal, concurrency, max_rate))
     finally:
         journal.close()
-    _report(outcome, journal_path)
-    sys.exit(_exit_status(outcome))
+    report(outcome, journal_path)
+    sys.exit(exit_status(outcome))
 
 
 async def _bulk(
     settings: Settings, file: Path, journal: Journal, concurrency: int, max_rate: float | None
 ) -> Outcome:
     async with settings.client() as rd:
-        return await _run_interruptible(
+        return await run_interruptible(
             lambda stop: run_file(
                 rd,
                 file,
@@ -235,90 +157,6 @@ async def _bulk(
                 console=err,
             )
         )
-
-
-async def _run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]]) -> Outcome:
-    """First Ctrl-C: stop reading rows and let requests in flight finish. Second: abort."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    aborted = False
-
-    def interrupt() -> None:
-        nonlocal aborted
-        if stop.is_set():
-            if task is not None and not aborted:
-                aborted = True
-                task.cancel()
-            return
-        stop.set()
-        err.print("[yellow]stopping: finishing the requests in flight (Ctrl-C again to abort)[/]")
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows: Ctrl-C aborts
-        return await job(stop)
-    try:
-        return await job(stop)
-    except asyncio.CancelledError:
-        if not aborted or task is None:
-            raise
-        task.uncancel()
-        raise Aborted from None
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-
-
-def _exit_status(outcome: Outcome) -> int:
-    if isinstance(outcome.stopped_by, AuthenticationError):
-        return EXIT_AUTH
-    if isinstance(outcome.stopped_by, QuotaExceededError):
-        return EXIT_QUOTA
-    if isinstance(outcome.stopped_by, TokenStoreError):
-        return EXIT_USAGE
-    if outcome.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if outcome.all_ok else EXIT_FAILED
-
-
-def _report(outcome: Outcome, journal: Path | None, refreshes: int | None = None) -> None:
-    table = Table(title="rdfunnel bulk run", show_header=False)
-    table.add_row("rows in the file", f"{outcome.in_file:,}")
-    if outcome.rows != outcome.in_file:
-        table.add_row("rows read", f"{outcome.rows:,}")
-    table.add_row("updated", f"[green]{outcome.sent.succeeded:,}[/]")
-    if outcome.skipped:
-        table.add_row("already done (skipped)", f"{outcome.skipped:,}")
-    for name, count in sorted(outcome.errors.items(), key=lambda item: -item[1]):
-        table.add_row(f"failed: {name}", f"[red]{count:,}[/]")
-    table.add_row("retries", f"{outcome.sent.retries:,}")
-    if refreshes is not None:
-        table.add_row("token refreshes", f"{refreshes:,}")
-    elapsed = outcome.sent.elapsed
-    rate = (outcome.sent.succeeded + outcome.sent.failed) / elapsed if elapsed else 0.0
-    table.add_row("elapsed", f"{elapsed:.1f} s")
-    table.add_row("throughput", f"{rate:,.0f} updates/s")
-    out.print(table)
-    stopped_by = outcome.stopped_by
-    if isinstance(stopped_by, QuotaExceededError):
-        err.print(f"[red]stopped early:[/] {_quota_spent(stopped_by)}", highlight=False)
-    elif stopped_by is not None:
-        hint = f" ({LOGIN_AGAIN})" if isinstance(stopped_by, AuthenticationError) else ""
-        err.print(f"[red]stopped early:[/] {stopped_by}{hint}", highlight=False)
-    if outcome.interrupted:
-        err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
-    if journal is not None:
-        out.print(f"results: {journal}", highlight=False)
-
-
-def _quota_spent(error: QuotaExceededError) -> str:
-    wait = error.retry_after or 0.0
-    when = datetime.now().astimezone() + timedelta(seconds=wait)
-    return (
-        f"the account's API quota is spent; RD asks to wait {wait / 3600:.1f} h, until about "
-        f"{when:%Y-%m-%d %H:%M %Z}. Rows not sent are not in the results file: run the same "
-        "command with --resume then"
-    )
 
 
 # -- funnel get / set ------------------------------------------------------------------------
@@ -531,7 +369,7 @@ def demo(contacts: int, concurrency: int, keep: bool) -> None:
             journal = Journal(setup.results, source=setup.changes, resume=False)
             try:
                 async with setup.client(fake) as rd:
-                    outcome = await _run_interruptible(
+                    outcome = await run_interruptible(
                         lambda stop: run_file(
                             rd,
                             setup.changes,
@@ -549,7 +387,7 @@ def demo(contacts: int, concurrency: int, keep: bool) -> None:
     folders: list[Path] = []
     try:
         outcome, results, refreshes = run(main())
-        _report(outcome, results if keep else None, refreshes)
+        report(outcome, results if keep else None, refreshes)
         if not keep:
             out.print("(the demo's files were removed; pass --keep to keep them)")
     finally:
