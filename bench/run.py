@@ -23,6 +23,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from rdfunnel.bulk import default_lookahead
+
 HERE = Path(__file__).resolve().parent
 HISTORY = "## Profiling and what it changed"
 WORKER = HERE / "worker.py"
@@ -152,9 +154,9 @@ def latency(report: Report, size: Callable[[int], int], reps: int, quick: bool) 
 def grouped(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> None:
     delay, each = 0.05, 4 if quick else 16
     # (contacts, concurrency, whether the look-ahead covers the whole input): the case, a
-    # larger one whose grouped input the default look-ahead (8 x C) does not cover, and that one
+    # larger one, one whose grouped input the default look-ahead does not cover, and that one
     # with a look-ahead that does
-    for contacts, c, whole in ((8, 16, False), (32, 32, False), (32, 32, True)):
+    for contacts, c, whole in ((8, 16, False), (32, 32, False), (128, 64, False), (128, 64, True)):
         n = contacts * each
         lookahead = n - c if whole else None
         with fake_server("--contacts", str(max(n, c)), "--latency", str(delay)) as fake:
@@ -169,7 +171,7 @@ def grouped(report: Report, size: Callable[[int], int], reps: int, quick: bool) 
         )
         measure_ = "wall, grouped by contact / interleaved"
         report.add(name, measure_, ratio, "<= 1.25", ratio <= 1.25 or quick)
-        window = c + (8 * c if lookahead is None else lookahead)
+        window = c + (default_lookahead(c) if lookahead is None else lookahead)
         failed = sum(run["failed"] for order in runs.values() for run in order)
         report.notes.append(
             f"{name}: grouped (aa..bb..) {wall:.2f} s, interleaved (ab..ab..) {mixed:.2f} s, "

@@ -40,9 +40,10 @@ Changes = (
     Iterable[tuple[Contact | str, FunnelUpdate]] | AsyncIterable[tuple[Contact | str, FunnelUpdate]]
 )
 
-#: How many changes beyond ``concurrency`` the run reads ahead by default, per worker: room to
-#: find other contacts' changes when the input is grouped by contact.
+#: How many changes beyond ``concurrency`` the run reads ahead by default (the larger of the
+#: two): room to find other contacts' changes when the input is grouped by contact.
 LOOKAHEAD_PER_WORKER = 8
+MIN_LOOKAHEAD = 1024
 
 
 @attrs.frozen
@@ -97,7 +98,7 @@ class BulkRun:
     ) -> None:
         _check_count("concurrency", concurrency, 1)
         if lookahead is None:
-            lookahead = LOOKAHEAD_PER_WORKER * concurrency
+            lookahead = default_lookahead(concurrency)
         _check_count("lookahead", lookahead, 0)
         self._apply = apply
         self._concurrency = concurrency
@@ -334,6 +335,11 @@ class _Item:
         self.update: Any = raw[1] if pair else None
         self.error: ValidationError | None = None
         self.key: ContactKey | None = None
+
+
+def default_lookahead(concurrency: int) -> int:
+    """How far past ``concurrency`` a run reads ahead unless told otherwise."""
+    return max(MIN_LOOKAHEAD, LOOKAHEAD_PER_WORKER * concurrency)
 
 
 def _check_count(name: str, value: object, least: int) -> None:

@@ -282,10 +282,10 @@ class Funnels:
         """Apply many ``(contact, FunnelUpdate)`` changes in parallel; one result per change read.
 
         ``changes`` may be any iterable or async iterable, even an endless one: it is read only as
-        changes finish, at most ``concurrency + lookahead`` ahead (default lookahead: 8 per
-        worker). Changes to one contact run one at a time, in input order, without holding a
-        worker while they wait. ``max_rate`` caps this run's requests per second, on top of the
-        client's own cap.
+        changes finish, at most ``concurrency + lookahead`` ahead (default lookahead: the larger
+        of 1,024 and 8 per worker). Changes to one contact run one at a time, in input order,
+        without holding a worker while they wait. ``max_rate`` caps this run's requests per
+        second, on top of the client's own cap.
         """
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.
