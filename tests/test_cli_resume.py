@@ -20,6 +20,7 @@ from rdfunnel.cli._rows import read_rows
 from rdfunnel.testing import FakeRDStation, Faults, Limits
 
 from .test_cli import (
+    AUTH,
     FAILED,
     INTERRUPTED,
     OK,
@@ -396,3 +397,24 @@ async def test_fake_server_prints_an_environment_with_a_throwaway_token_file(cli
     token_file = Path(exports["RDFUNNEL_TOKEN_FILE"])
     assert token_file.name == "token.json" and token_file.parent.name.startswith("rdfunnel-fake-")
     assert not token_file.parent.exists()  # removed when the fake stopped
+
+
+async def test_a_refused_token_file_is_explained_once_with_the_ignored_refresh_token(
+    cli: Cli, fake: FakeRDStation
+) -> None:
+    assert (await cli("funnel", "get", "contact-1@example.com")).code == OK
+    fake.revoke_all()
+    fake.expire_tokens()
+    fresh = fake.issue_refresh_token()
+    cli.secrets.add(fresh)
+
+    result = await cli("funnel", "get", "contact-1@example.com", RDSTATION_REFRESH_TOKEN=fresh)
+
+    assert result.code == AUTH
+    assert "INVALID_REFRESH_TOKEN" in result.stderr
+    assert result.stderr.count("The refresh token is invalid or was revoked") == 1
+    assert (
+        f"{cli.token_file} already holds a token" in result.stderr
+        and "is not used" in result.stderr
+    )
+    assert "rdfunnel auth login" in result.stderr and "rdfunnel.oauth" not in result.stderr

@@ -8,6 +8,7 @@ with --resume once it resets); 130 interrupted (resume with --resume).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -414,4 +415,6 @@ def fake_server(args: tuple[str, ...]) -> None:
 
 def main() -> None:
     """The console script's entry point."""
+    # The command says what went wrong itself; the library's records would say it a second time.
+    logging.getLogger("rdfunnel").addHandler(logging.NullHandler())
     cli(prog_name="rdfunnel")

@@ -82,12 +82,19 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def refused(error: AuthenticationError) -> str:
+    """What RD said, without the library's hint (``rdfunnel.oauth``): the CLI gives its own."""
+    said = error.messages[0] if error.messages else ""
+    what = " ".join(part for part in (f"HTTP {error.status}", error.error_type) if part)
+    return f"RD Station refused the authorization ({what}: {said})"
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine, turning rdfunnel errors into a message and an exit status."""
     try:
         return asyncio.run(coroutine)
     except AuthenticationError as exc:
-        fail(f"{exc} ({LOGIN_AGAIN})", EXIT_AUTH)
+        fail(f"{refused(exc)}; {LOGIN_AGAIN}", EXIT_AUTH)
     except (ValidationError, TokenStoreError) as exc:
         fail(str(exc))  # a setting to change: the message says which
     except RDStationError as exc:

@@ -24,6 +24,7 @@ from ._common import (
     Aborted,
     err,
     out,
+    refused,
 )
 
 __all__ = ["exit_status", "report", "run_interruptible"]
@@ -94,9 +95,10 @@ def report(outcome: Outcome, journal: Path | None, refreshes: int | None = None)
     stopped_by = outcome.stopped_by
     if isinstance(stopped_by, QuotaExceededError):
         err.print(f"[red]stopped early:[/] {quota_spent(stopped_by)}", highlight=False)
+    elif isinstance(stopped_by, AuthenticationError):
+        err.print(f"[red]stopped early:[/] {refused(stopped_by)}; {LOGIN_AGAIN}", highlight=False)
     elif stopped_by is not None:
-        hint = f" ({LOGIN_AGAIN})" if isinstance(stopped_by, AuthenticationError) else ""
-        err.print(f"[red]stopped early:[/] {stopped_by}{hint}", highlight=False)
+        err.print(f"[red]stopped early:[/] {stopped_by}", highlight=False)
     if outcome.interrupted:
         err.print("[yellow]interrupted: run again with --resume to finish the job[/]")
     if journal is not None:
