@@ -764,3 +764,22 @@ async def test_two_processes_sharing_a_token_file_refresh_once(tmp_path: Path) -
         assert out.decode().strip() == "access-1"
     assert len(grants) == 1
     assert json.loads(path.read_text())["refresh_token"] == "refresh-1"
+
+
+async def test_the_hook_error_is_cleared_by_a_hook_that_succeeds(
+    clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    Endpoint(wire, life=1000)
+    calls: list[Token] = []
+
+    def hook(token: Token) -> None:
+        calls.append(token)
+        if len(calls) == 1:
+            raise RuntimeError("webhook down")
+
+    tokens = manager(MemoryTokenStore(expiring(clock, -1)), on_token_refresh=hook)
+    assert await tokens.access_token(session) == "access-1"
+    assert isinstance(tokens.hook_error, RuntimeError)
+    clock.now += 2000  # the new token expired too: the next call refreshes again
+    assert await tokens.access_token(session) == "access-2"
+    assert tokens.hook_error is None and len(calls) == 2
