@@ -19,14 +19,13 @@ from ._transport import Transport
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
-from .oauth import OAuthApp, TokenStyle, check_url
+from .oauth import DEFAULT_BASE_URL, OAuthApp, TokenStyle, check_url
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 
 __all__ = ["DEFAULT_BASE_URL", "Funnels", "RDStation"]
 
-DEFAULT_BASE_URL = "https://api.rd.services"
 USER_AGENT = f"rdfunnel/{__version__}"
 
 
