@@ -1,6 +1,7 @@
 """rdfunnel: an async SDK for RD Station Marketing's contact funnel."""
 
 from .__about__ import __version__
+from ._clock import Clock
 from .bulk import BulkResult, BulkRun, BulkSummary
 from .client import RDStation
 from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage
@@ -14,6 +15,7 @@ __all__ = [
     "BulkResult",
     "BulkRun",
     "BulkSummary",
+    "Clock",
     "Contact",
     "FileTokenStore",
     "Funnel",

@@ -8,9 +8,9 @@ again, so the client fails such requests at once, locally, without sending them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from time import monotonic
 from typing import Final
 
+from ._clock import Clock
 from .errors import QuotaExceededError
 from .models import ContactKey
 
@@ -23,15 +23,16 @@ MAX_CONTACTS: Final = 10_000
 class SpentQuotas:
     """The account's spent quota, and those of recently refused contacts (bounded in memory)."""
 
-    __slots__ = ("_account", "_contacts")
+    __slots__ = ("_account", "_clock", "_contacts")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._account: tuple[float, QuotaExceededError] | None = None
         self._contacts: OrderedDict[ContactKey, tuple[float, QuotaExceededError]] = OrderedDict()
 
     def note(self, error: QuotaExceededError, contact: ContactKey | None) -> None:
         """Remember ``error``'s quota as spent for the wait it asked for."""
-        until = monotonic() + (error.retry_after or 0.0)
+        until = self._clock.monotonic() + (error.retry_after or 0.0)
         if error.scope == "account":
             if self._account is None or self._account[0] < until:
                 self._account = (until, error)
@@ -45,14 +46,14 @@ class SpentQuotas:
         """Raise a :class:`QuotaExceededError` (unsent) if the request would meet a spent quota."""
         if self._account is not None:
             until, error = self._account
-            left = until - monotonic()
+            left = until - self._clock.monotonic()
             if left > 0:
                 raise _unsent(error, left)
             self._account = None
         if contact is not None and self._contacts:
             entry = self._contacts.get(contact)
             if entry is not None:
-                left = entry[0] - monotonic()
+                left = entry[0] - self._clock.monotonic()
                 if left > 0:
                     raise _unsent(entry[1], left)
                 del self._contacts[contact]

@@ -41,9 +41,16 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    """Decode a JSON body; raises ValueError when it is not JSON."""
+    """Decode a JSON body; raises ValueError when it is not JSON.
+
+    What orjson refuses but the standard library reads (integers past 64 bits, ``NaN``) is read
+    all the same, so the result never depends on the extra being installed.
+    """
     if orjson is not None:
-        return orjson.loads(data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     return json.loads(data)
 
 

@@ -5,28 +5,30 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
-from .__about__ import __version__
-from ._auth import OnTokenRefresh, StaticToken, TokenManager, TokenSource
-from ._serde import ClearOwnerAs, funnel_from_json, update_to_json
-from ._transport import Transport
+from . import _credentials
+from ._clock import SYSTEM_CLOCK, Clock
+from ._pipeline import USER_AGENT, Pipeline
+from ._refresh import OnTokenRefresh, StaticToken, TokenManager
+from ._serde import ClearOwnerAs, dumps, funnel_from_json, update_to_json
+from ._transport import Request, Transport
+from ._urls import DEFAULT_BASE_URL, check_url
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
-from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
-from .oauth import DEFAULT_BASE_URL, OAuthApp, TokenStyle, check_url
+from .models import NOT_SET, Contact, ContactKey, Funnel, FunnelUpdate, LifecycleStage, NotSet
+from .oauth import OAuthApp, TokenEndpoint, TokenStyle
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 
-__all__ = ["DEFAULT_BASE_URL", "Funnels", "RDStation"]
-
-USER_AGENT = f"rdfunnel/{__version__}"
+__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Funnels", "RDStation"]
 
 
 class RDStation:
@@ -57,23 +59,17 @@ class RDStation:
         max_rate: float | None = None,
         rate_limiter: RateLimiter | None = None,
         clear_owner_as: ClearOwnerAs = "string",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        for name, value in (
-            ("client_id", client_id),
-            ("client_secret", client_secret),
-            ("refresh_token", refresh_token),
-            ("access_token", access_token),
-            ("token_url", token_url),
-        ):
-            _check_optional_str(name, value)
-        _check_type("token", token, Token)
-        _check_type("token_store", token_store, TokenStore)
+        _check_optional_str("token_url", token_url)
         _check_type("session", session, aiohttp.ClientSession)
         _check_type("retry", retry, RetryPolicy)
         if on_token_refresh is not None and not callable(on_token_refresh):
             raise ValidationError(f"on_token_refresh must be callable, got {on_token_refresh!r}")
         if rate_limiter is not None and not callable(getattr(rate_limiter, "acquire", None)):
             raise ValidationError(f"rate_limiter must be a RateLimiter, got {rate_limiter!r}")
+        if not callable(getattr(clock, "sleep", None)):
+            raise ValidationError(f"clock must be a Clock, got {clock!r}")
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, zero=False)
         refresh_leeway = _check_seconds("refresh_leeway", refresh_leeway)
@@ -88,58 +84,33 @@ class RDStation:
             )
         if rate_limiter is not None and max_rate is not None:
             raise ValidationError("pass either max_rate or rate_limiter, not both")
-        if token is not None and access_token is not None:
-            raise ValidationError("pass either token or access_token, not both")
-        retry = retry or RetryPolicy()
-        tokens: TokenSource
-        if client_id or client_secret:
-            if not (client_id and client_secret):
-                raise ValidationError("client_id and client_secret go together: pass both")
-            if token is None and access_token is not None:
-                token = Token(access_token=access_token, refresh_token=refresh_token)
-            if token is None and refresh_token is None and token_store is None:
-                raise ValidationError(
-                    "RDStation needs a token to start from: pass refresh_token=, token= or "
-                    "token_store= (see rdfunnel.oauth to authorize the app)"
-                )
-            app = OAuthApp.for_base_url(
-                client_id,
-                client_secret,
-                base_url,
-                token_url=token_url,
-                style=token_style,
-                timeout=timeout,
-            )
-            tokens = TokenManager(
-                store=token_store or MemoryTokenStore(),
-                app=app,
-                retry=retry,
-                on_token_refresh=on_token_refresh,
-                leeway=refresh_leeway,
-                token=token,
-                refresh_token=refresh_token,
-            )
-        elif access_token or token is not None:
-            if refresh_token or token_store is not None:
-                raise ValidationError(
-                    "refreshing tokens needs the app's client_id and client_secret"
-                )
-            tokens = StaticToken(token.access_token if token is not None else str(access_token))
-        else:
-            raise ValidationError(
-                "RDStation needs credentials: client_id, client_secret and refresh_token "
-                "(or token/token_store), or an access_token"
-            )
-        self._transport = Transport(
-            base_url=base_url,
-            tokens=tokens,
-            retry=retry,
-            timeout=timeout,
-            limiter=rate_limiter or LocalRateLimiter(max_rate),
-            user_agent=USER_AGENT,
-            session=session,
+        credentials = _credentials.resolve(
+            client_id=client_id,
+            client_secret=client_secret,
+            refresh_token=refresh_token,
+            access_token=access_token,
+            token=token,
+            token_store=token_store,
         )
-        self.funnels = Funnels(self._transport, clear_owner_as)
+        self._base_url = base_url.rstrip("/")
+        self._transport = Transport(timeout=timeout, session=session)
+        self._pipeline = Pipeline(
+            self._transport,
+            retry=retry or RetryPolicy(),
+            limiter=rate_limiter or LocalRateLimiter(max_rate, clock=clock),
+            clock=clock,
+        )
+        self._tokens = _token_source(
+            credentials,
+            self._pipeline,
+            base_url=base_url,
+            token_url=token_url,
+            token_style=token_style,
+            timeout=timeout,
+            on_token_refresh=on_token_refresh,
+            refresh_leeway=refresh_leeway,
+        )
+        self.funnels = Funnels(self._send, clear_owner_as, clock)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RDStation:
@@ -163,7 +134,7 @@ class RDStation:
         return cls(**settings)
 
     def __repr__(self) -> str:
-        return f"RDStation(base_url={self._transport.base_url!r})"
+        return f"RDStation(base_url={self._base_url!r})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -177,8 +148,14 @@ class RDStation:
         await self.close()
 
     async def close(self) -> None:
-        """Close the client's own session. Further calls raise a clear error."""
-        await self._transport.close()
+        """Close the client's own session. Further calls raise a clear error.
+
+        A token refresh in flight finishes first, so that a rotated refresh token is not lost.
+        """
+        try:
+            await self._tokens.drain()
+        finally:
+            await self._transport.close()
 
     @property
     def on_token_refresh_error(self) -> Exception | None:
@@ -186,15 +163,11 @@ class RDStation:
 
         A failing hook never fails a call: the new token is saved and used all the same.
         """
-        tokens = self._transport.tokens
-        return tokens.hook_error if isinstance(tokens, TokenManager) else None
+        return self._tokens.hook_error
 
     async def revoke(self) -> None:
         """Revoke this app's authorization at RD: the access and refresh tokens stop working."""
-        tokens = self._transport.tokens
-        if not isinstance(tokens, TokenManager):
-            raise ValidationError("revoking needs the app's client_id and client_secret")
-        await tokens.revoke(self._transport.session)
+        await self._tokens.revoke()
 
     async def request(
         self,
@@ -214,9 +187,7 @@ class RDStation:
             raise ValidationError(f"path must be a str starting with '/', got {path!r}")
         if params is not None and not isinstance(params, Mapping):
             raise ValidationError(f"params must be a mapping, got {params!r}")
-        payload, _ = await self._transport.send(
-            method.upper(), path, json=json, params=params, encoded=False
-        )
+        payload, _ = await self._send(method.upper(), path, json=json, params=params, encoded=False)
         return payload
 
     async def account_info(self) -> dict[str, Any]:
@@ -224,22 +195,60 @@ class RDStation:
         payload = await self.request("GET", "/marketing/account_info")
         return payload if isinstance(payload, dict) else {}
 
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        encoded: bool = True,
+        contact: ContactKey | None = None,
+        resend_limiter: RateLimiter | None = None,
+    ) -> tuple[Any, int]:
+        """One API request through the pipeline: its decoded JSON body and how often it was sent.
+
+        ``path`` is taken as already percent-encoded unless ``encoded`` is False.
+        """
+        request = Request(
+            method,
+            URL(self._base_url + path, encoded=encoded),
+            data=None if json is None else dumps(json),
+            params=params,
+            contact=contact,
+        )
+        answer = await self._pipeline.send(
+            request, auth=self._tokens, resend_limiter=resend_limiter
+        )
+        return answer.json(), answer.attempts
+
+
+class _Send(Protocol):
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        contact: ContactKey | None = None,
+        resend_limiter: RateLimiter | None = None,
+    ) -> Awaitable[tuple[Any, int]]: ...
+
 
 class Funnels:
     """``rd.funnels``: read and change where contacts stand in the funnel."""
 
-    __slots__ = ("_clear_owner_as", "_transport")
+    __slots__ = ("_clear_owner_as", "_clock", "_send")
 
-    def __init__(self, transport: Transport, clear_owner_as: ClearOwnerAs) -> None:
-        self._transport = transport
+    def __init__(self, send: _Send, clear_owner_as: ClearOwnerAs, clock: Clock) -> None:
+        self._send = send
         self._clear_owner_as = clear_owner_as
+        self._clock = clock
 
     async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
         """Where ``contact`` stands in ``funnel``."""
         contact = Contact.parse(contact)
-        payload, _ = await self._transport.send(
-            "GET", funnel_path(contact, funnel), contact=contact.key
-        )
+        payload, _ = await self._send("GET", funnel_path(contact, funnel), contact=contact.key)
         return funnel_from_json(payload)
 
     async def update(
@@ -288,7 +297,7 @@ class Funnels:
         """
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.
-        limiter = LocalRateLimiter(max_rate) if max_rate is not None else None
+        limiter = LocalRateLimiter(max_rate, clock=self._clock) if max_rate is not None else None
         apply = functools.partial(self._apply, funnel=funnel, resend_limiter=limiter)
         return BulkRun(
             changes,
@@ -313,10 +322,43 @@ class Funnels:
         contact = Contact.parse(contact)
         path = funnel_path(contact, funnel)
         body = update_to_json(update, self._clear_owner_as)
-        payload, attempts = await self._transport.send(
-            "PUT", path, json=body, resend_limiter=resend_limiter, contact=contact.key
+        payload, attempts = await self._send(
+            "PUT", path, json=body, contact=contact.key, resend_limiter=resend_limiter
         )
         return funnel_from_json(payload), attempts
+
+
+def _token_source(
+    credentials: _credentials.Credentials,
+    pipeline: Pipeline,
+    *,
+    base_url: str,
+    token_url: str | None,
+    token_style: TokenStyle,
+    timeout: float | None,
+    on_token_refresh: OnTokenRefresh | None,
+    refresh_leeway: float,
+) -> TokenManager | StaticToken:
+    """Where the client's bearer tokens come from; the app's token requests share ``pipeline``."""
+    if isinstance(credentials, _credentials.StaticCredentials):
+        return StaticToken(credentials.access_token)
+    app = OAuthApp.for_base_url(
+        credentials.client_id,
+        credentials.client_secret,
+        base_url,
+        token_url=token_url,
+        style=token_style,
+        timeout=timeout,
+    )
+    return TokenManager(
+        store=credentials.token_store or MemoryTokenStore(),
+        endpoint=TokenEndpoint(app, pipeline),
+        clock=pipeline.clock,
+        on_token_refresh=on_token_refresh,
+        leeway=refresh_leeway,
+        token=credentials.token,
+        refresh_token=credentials.refresh_token,
+    )
 
 
 def _check_optional_str(name: str, value: object) -> None:
@@ -349,4 +391,10 @@ def funnel_path(contact: Contact | str, funnel: str) -> str:
     if not funnel or not isinstance(funnel, str):
         raise ValidationError(f"funnel must be a non-empty name, got {funnel!r}")
     segment = Contact.parse(contact).path_segment
-    return f"/platform/contacts/{segment}/funnels/{quote(funnel, safe='')}"
+    return f"/platform/contacts/{segment}/funnels/{_funnel_segment(funnel)}"
+
+
+@functools.lru_cache(maxsize=64)
+def _funnel_segment(funnel: str) -> str:
+    """Percent-encoded once per funnel name: almost every call names ``default``."""
+    return quote(funnel, safe="")

@@ -44,7 +44,10 @@ FieldErrors = Mapping[str, tuple[Mapping[str, Any], ...]]
 class RDStationError(Exception):
     """The root of every error rdfunnel raises."""
 
+    #: Trying the same request again may succeed (read by :meth:`RetryPolicy.decide`).
     retryable: ClassVar[bool] = False
+    #: The app must be authorized again: no token this client holds or can get will work.
+    reauthorize: ClassVar[bool] = False
     #: No other request of this client can succeed now, so a bulk run stops on it.
     terminal: bool = False
     #: How many times the request was sent before this error was raised (0: never sent).
@@ -79,6 +82,9 @@ class APIError(RDStationError):
     Keeps everything the answer said: the status, the error types and messages, per-field details
     (for validation errors), the raw body (even an HTML outage page) and the headers.
     """
+
+    #: What the user must do about this error, added to the messages of the answers that name it.
+    hint: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -139,13 +145,21 @@ class TokenExpiredError(AuthenticationError):
 class InvalidCredentialsError(AuthenticationError):
     """The client id, client secret or redirect URI was refused (``ACCESS_DENIED``)."""
 
-    terminal = True
+    reauthorize = terminal = True
+    hint = (
+        "the client id, client secret or redirect URI was refused: check them, then authorize "
+        "the app again if the refresh token belongs to another app"
+    )
 
 
 class InvalidRefreshTokenError(AuthenticationError):
     """The refresh token is invalid or revoked: the user must authorize the app again."""
 
-    terminal = True
+    reauthorize = terminal = True
+    hint = (
+        "the refresh token is invalid or revoked: authorize the app again "
+        "(rdfunnel.oauth.authorization_url, then exchange_code) to get a new one"
+    )
 
 
 class TokenRefusedError(AuthenticationError):
@@ -154,11 +168,14 @@ class TokenRefusedError(AuthenticationError):
     Refreshing again cannot help: the authorization itself is broken (revoked, another account).
     """
 
-    terminal = True
+    reauthorize = terminal = True
 
 
 class ExpiredCodeGrantError(AuthenticationError):
     """The authorization code was already used or is older than 60 minutes."""
+
+    reauthorize = terminal = True
+    hint = "the code was already used or is over 60 minutes old: authorize again"
 
 
 class ForbiddenError(APIError):
@@ -209,6 +226,8 @@ class QuotaExceededError(RateLimitError):
     once with this error, unsent (``attempts == 0``). A spent account quota stops a bulk run.
     """
 
+    retryable = False  # its wait is longer than the retry policy's, by definition
+
     def __init__(self, status: int, **kwargs: Any) -> None:
         super().__init__(status, **kwargs)
         self.terminal = self.scope == "account"
@@ -255,6 +274,9 @@ def error_from_response(
     except ValueError:
         payload = None
     types, messages, details = _parse_errors(payload)
+    cls = _error_class(status, headers, types)
+    if cls.hint is not None:
+        messages = (*messages, cls.hint)
     common: dict[str, Any] = {
         "error_types": types,
         "messages": messages,
@@ -264,10 +286,13 @@ def error_from_response(
     }
     if status == 429:
         return _rate_limit_error(status, headers, payload, common, max_wait)
-    if status == 401:
-        return _auth_error_class(headers, types)(status, **common)
-    cls = _BY_STATUS.get(status) or (ServerError if 500 <= status < 600 else UnexpectedStatusError)
     return cls(status, **common)
+
+
+def _error_class(status: int, headers: Mapping[str, str], types: tuple[str, ...]) -> type[APIError]:
+    if status == 401:
+        return _auth_error_class(headers, types)
+    return _BY_STATUS.get(status) or (ServerError if 500 <= status < 600 else UnexpectedStatusError)
 
 
 def _parse_errors(payload: Any) -> tuple[tuple[str, ...], tuple[str, ...], FieldErrors]:

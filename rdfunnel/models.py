@@ -57,6 +57,8 @@ _LABEL = (
     r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
 )
 _EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+#: What a path segment carries literally: ``quote(value, safe="@+")`` leaves these as they are.
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_.\-~@+]*")
 
 
 def _email_problem(value: str) -> str | None:
@@ -143,7 +145,10 @@ class Contact:
     @property
     def path_segment(self) -> str:
         """``email:<value>`` as RD's path wants it: ``@`` and ``+`` literal, the rest encoded."""
-        return f"{self.kind}:{quote(self.value, safe='@+')}"
+        value = self.value
+        if not _PATH_SAFE.fullmatch(value):  # most addresses need no encoding: skip quote()
+            value = quote(value, safe="@+")
+        return f"{self.kind}:{value}"
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"

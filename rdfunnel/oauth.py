@@ -1,20 +1,19 @@
 """OAuth 2 for RD Station on authlib and aiohttp: authorization URL, code exchange, refresh, revoke.
 
 authlib ships no aiohttp client, so it builds what it can (the authorization URL, form-style token
-and revocation bodies, the state) and the requests are sent here. By default the token requests
-are the ones RD documents (a JSON body, ``?token_by=code`` for codes); ``style="form"`` sends the
-standard form bodies with ``grant_type`` that RD's newer OAuth server expects.
+and revocation bodies, the state); :class:`OAuthApp` builds the requests and reads the answers,
+and :class:`TokenEndpoint` sends them through the client's one pipeline, like any other request.
+By default the token requests are the ones RD documents (a JSON body, ``?token_by=code`` for
+codes); ``style="form"`` sends the standard form bodies with ``grant_type`` that RD's newer OAuth
+server expects.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
 import aiohttp
 import attrs
@@ -23,67 +22,38 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_r
 from authlib.oauth2.rfc7009.parameters import prepare_revoke_token_request
 from yarl import URL
 
-from .errors import (
-    APIError,
-    ExpiredCodeGrantError,
-    InvalidCredentialsError,
-    InvalidRefreshTokenError,
-    RequestTimeoutError,
-    TransportError,
-    ValidationError,
-    error_from_response,
-)
+from ._clock import SYSTEM_CLOCK, Clock
+from ._pipeline import Pipeline
+from ._serde import dumps, loads
+from ._transport import Answer, Request, Transport
+from ._urls import DEFAULT_BASE_URL, check_url
+from .errors import APIError
+from .ratelimit import LocalRateLimiter
+from .retry import RetryPolicy
 from .tokens import Token
 
-__all__ = ["DEFAULT_BASE_URL", "OAuthApp", "TokenStyle", "authorization_url", "exchange_code"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "OAuthApp",
+    "TokenEndpoint",
+    "TokenStyle",
+    "authorization_url",
+    "exchange_code",
+]
 
-DEFAULT_BASE_URL = "https://api.rd.services"
 TokenStyle = Literal["json", "form"]
-_STYLES = ("json", "form")
 
 logger = logging.getLogger("rdfunnel")
 
-_HINTS: dict[type[APIError], str] = {
-    InvalidRefreshTokenError: (
-        "the refresh token is invalid or revoked: authorize the app again "
-        "(rdfunnel.oauth.authorization_url, then exchange_code) to get a new one"
-    ),
-    InvalidCredentialsError: (
-        "the client id, client secret or redirect URI was refused: check them, then authorize "
-        "the app again if the refresh token belongs to another app"
-    ),
-    ExpiredCodeGrantError: "the code was already used or is over 60 minutes old: authorize again",
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def check_url(url: str, what: str) -> str:
-    """Secrets travel to these URLs: https only, except to this machine."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
-        return url
-    raise ValidationError(f"{what} must be an https:// URL (http:// only for loopback): {url!r}")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
+_FORM = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
 
 @attrs.frozen(kw_only=True)
 class OAuthApp:
-    """An RD Station app's credentials and OAuth endpoints. Each method sends exactly one request.
+    """An RD Station app's credentials and OAuth endpoints: builds its token requests and reads
+    the answers. Each ``async`` method sends exactly one request, over the session given, and
+    dates the token it gets by ``clock``.
 
     Build it with :meth:`for_base_url`; ``client_secret`` never appears in ``repr``.
     """
@@ -132,33 +102,24 @@ class OAuthApp:
         )
 
     async def exchange_code(
-        self, session: aiohttp.ClientSession, code: str, redirect_uri: str | None = None
+        self,
+        session: aiohttp.ClientSession,
+        code: str,
+        redirect_uri: str | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Token:
         """Trade an authorization code for tokens.
 
         RD's JSON style takes no ``redirect_uri``; the form style sends it when given.
         """
-        if self.style == "json":
-            url = str(URL(self.token_url).update_query(token_by="code"))
-            return await self._token_request(session, url, {**self._credentials(), "code": code})
-        form = prepare_token_request(
-            "authorization_code", redirect_uri=redirect_uri, code=code, **self._credentials()
-        )
-        return await self._token_request(session, self.token_url, form)
+        return await _once(self, session, clock).exchange_code(code, redirect_uri)
 
-    async def refresh(self, session: aiohttp.ClientSession, refresh_token: str) -> Token:
+    async def refresh(
+        self, session: aiohttp.ClientSession, refresh_token: str, *, clock: Clock = SYSTEM_CLOCK
+    ) -> Token:
         """A new access token. If the answer holds no refresh token, the old one stays valid."""
-        body: dict[str, str] | str
-        if self.style == "json":
-            body = {**self._credentials(), "refresh_token": refresh_token}
-        else:
-            body = prepare_token_request(
-                "refresh_token", refresh_token=refresh_token, **self._credentials()
-            )
-        token = await self._token_request(session, self.token_url, body)
-        if token.refresh_token is None:
-            token = attrs.evolve(token, refresh_token=refresh_token)
-        return token
+        return await _once(self, session, clock).refresh(refresh_token)
 
     async def revoke(
         self,
@@ -167,71 +128,94 @@ class OAuthApp:
         token_type_hint: Literal["access_token", "refresh_token"] = "refresh_token",
     ) -> None:
         """Revoke a token; RD then refuses both the access and the refresh token."""
+        await _once(self, session, SYSTEM_CLOCK).revoke(token, token_type_hint)
+
+    def code_request(self, code: str, redirect_uri: str | None = None) -> Request:
+        if self.style == "json":
+            url = URL(self.token_url).update_query(token_by="code")
+            return self._post(url, _JSON, dumps({**self._credentials(), "code": code}))
+        form = prepare_token_request(
+            "authorization_code", redirect_uri=redirect_uri, code=code, **self._credentials()
+        )
+        return self._post(URL(self.token_url), _FORM, form)
+
+    def refresh_request(self, refresh_token: str) -> Request:
+        if self.style == "json":
+            body = dumps({**self._credentials(), "refresh_token": refresh_token})
+            return self._post(URL(self.token_url), _JSON, body)
+        form = prepare_token_request(
+            "refresh_token", refresh_token=refresh_token, **self._credentials()
+        )
+        return self._post(URL(self.token_url), _FORM, form)
+
+    def revoke_request(self, token: str, token_type_hint: str) -> Request:
         body, headers = prepare_revoke_token_request(token, token_type_hint)
-        headers["Accept"] = "application/json"
-        logger.debug("revoking the %s at %s", token_type_hint, self.revoke_url)
-        await self._post(session, self.revoke_url, headers=headers, data=body)
+        return self._post(URL(self.revoke_url), {**headers, "Accept": "application/json"}, body)
+
+    def token_from(self, answer: Answer, now: datetime) -> Token:
+        """The token in a token endpoint's answer, stamped with this app."""
+        try:
+            payload = loads(answer.body)
+            if not isinstance(payload, Mapping):
+                raise ValueError("not a JSON object")
+            token = Token.from_response(payload, now=now)
+        except ValueError:
+            # Never echo the body: it may hold a token.
+            error = APIError(
+                answer.status, messages=("the token endpoint's answer holds no access token",)
+            )
+            error.attempts = answer.attempts
+            raise error from None
+        return token.for_app(self.client_id, self.token_url)
 
     def _credentials(self) -> dict[str, str]:
         return {"client_id": self.client_id, "client_secret": self.client_secret}
 
-    async def _token_request(
-        self, session: aiohttp.ClientSession, url: str, body: dict[str, str] | str
-    ) -> Token:
-        logger.debug("token request (%s style) to %s", self.style, url)
-        if isinstance(body, dict):
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
-            status, raw = await self._post(session, url, headers=headers, json=body)
-        else:
-            headers = {
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-            }
-            status, raw = await self._post(session, url, headers=headers, data=body)
-        try:
-            answer = json.loads(raw)
-            if not isinstance(answer, Mapping):
-                raise ValueError("not a JSON object")
-            token = Token.from_response(answer, now=_now())
-        except ValueError:
-            # Never echo the body: it may hold a token.
-            raise APIError(
-                status, messages=("the token endpoint's answer holds no access token",)
-            ) from None
-        return token.for_app(self.client_id, self.token_url)
-
-    async def _post(
-        self, session: aiohttp.ClientSession, url: str, **kwargs: Any
-    ) -> tuple[int, bytes]:
+    def _post(self, url: URL, headers: Mapping[str, str], body: bytes | str) -> Request:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            async with session.post(
-                url, allow_redirects=False, timeout=timeout, **kwargs
-            ) as response:
-                raw = await response.read()
-                status, headers = response.status, response.headers
-        except TimeoutError as error:
-            raise RequestTimeoutError(f"no answer from {url} within {self.timeout} s") from error
-        except aiohttp.ClientError as error:
-            raise TransportError(f"request to {url} failed: {type(error).__name__}") from error
-        if status >= 400:
-            raise _with_hint(error_from_response(status, dict(headers), raw))
-        return status, raw
+        return Request("POST", url, data=body, headers=headers, timeout=timeout, redirects=False)
 
 
-def _with_hint(error: APIError) -> APIError:
-    """The same error, its message also saying what the user must do."""
-    hint = _HINTS.get(type(error))
-    if hint is None:
-        return error
-    return type(error)(
-        error.status,
-        error_types=error.error_types,
-        messages=(*error.messages, hint),
-        details=error.details,
-        body=error.body,
-        headers=error.headers,
+class TokenEndpoint:
+    """An app's token requests, sent through a pipeline: the same gate, retries and errors as
+    every other request, without a bearer token."""
+
+    __slots__ = ("_pipeline", "app")
+
+    def __init__(self, app: OAuthApp, pipeline: Pipeline) -> None:
+        self.app = app
+        self._pipeline = pipeline
+
+    async def exchange_code(self, code: str, redirect_uri: str | None = None) -> Token:
+        logger.debug("code exchange (%s style) at %s", self.app.style, self.app.token_url)
+        return await self._token(self.app.code_request(code, redirect_uri))
+
+    async def refresh(self, refresh_token: str) -> Token:
+        logger.debug("token refresh (%s style) at %s", self.app.style, self.app.token_url)
+        token = await self._token(self.app.refresh_request(refresh_token))
+        if token.refresh_token is None:
+            token = attrs.evolve(token, refresh_token=refresh_token)
+        return token
+
+    async def revoke(self, token: str, token_type_hint: str = "refresh_token") -> None:
+        logger.debug("revoking the %s at %s", token_type_hint, self.app.revoke_url)
+        await self._pipeline.send(self.app.revoke_request(token, token_type_hint), auth=None)
+
+    async def _token(self, request: Request) -> Token:
+        answer = await self._pipeline.send(request, auth=None)
+        now = datetime.fromtimestamp(self._pipeline.clock.time(), UTC)
+        return self.app.token_from(answer, now)
+
+
+def _once(app: OAuthApp, session: aiohttp.ClientSession, clock: Clock) -> TokenEndpoint:
+    """``app``'s endpoint over ``session``, sending each request once: no retries, no rate cap."""
+    pipeline = Pipeline(
+        Transport(timeout=app.timeout, session=session),
+        retry=RetryPolicy(max_retries=0),
+        limiter=LocalRateLimiter(clock=clock),
+        clock=clock,
     )
+    return TokenEndpoint(app, pipeline)
 
 
 def authorization_url(
@@ -262,6 +246,7 @@ async def exchange_code(
     token_url: str | None = None,
     style: TokenStyle = "json",
     session: aiohttp.ClientSession | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Token:
     """Trade the code RD sent to the redirect URI for a :class:`Token`.
 
@@ -271,6 +256,6 @@ async def exchange_code(
         client_id, client_secret, base_url, token_url=token_url, style=style
     )
     if session is not None:
-        return await app.exchange_code(session, code, redirect_uri)
+        return await app.exchange_code(session, code, redirect_uri, clock=clock)
     async with aiohttp.ClientSession() as own:
-        return await app.exchange_code(own, code, redirect_uri)
+        return await app.exchange_code(own, code, redirect_uri, clock=clock)

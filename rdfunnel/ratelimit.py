@@ -7,11 +7,10 @@ on the same client never add up to more than the cap, and one account-wide 429 h
 from __future__ import annotations
 
 import math
-from asyncio import sleep
 from collections import deque
-from time import monotonic
 from typing import Final, Protocol
 
+from ._clock import SYSTEM_CLOCK, Clock
 from .errors import ValidationError
 
 __all__ = ["LocalRateLimiter", "RateLimiter"]
@@ -58,6 +57,7 @@ class LocalRateLimiter:
     __slots__ = (
         "_active_since",
         "_admitted",
+        "_clock",
         "_interval",
         "_last_limited",
         "_learned",
@@ -66,7 +66,7 @@ class LocalRateLimiter:
         "_recent",
     )
 
-    def __init__(self, max_rate: float | None = None) -> None:
+    def __init__(self, max_rate: float | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if max_rate is not None and (
             isinstance(max_rate, bool)
             or not isinstance(max_rate, int | float)
@@ -76,6 +76,7 @@ class LocalRateLimiter:
             raise ValidationError(
                 f"max_rate must be a positive number per second, got {max_rate!r}"
             )
+        self._clock = clock
         self._interval = 1.0 / max_rate if max_rate else 0.0
         self._next_slot = 0.0
         self._paused_until = 0.0
@@ -90,6 +91,7 @@ class LocalRateLimiter:
         return f"LocalRateLimiter({rate})"
 
     async def acquire(self) -> None:
+        monotonic, sleep = self._clock.monotonic, self._clock.sleep
         while True:
             now = monotonic()
             if self._paused_until > now:
@@ -124,7 +126,7 @@ class LocalRateLimiter:
         """Seconds until one more request fits the guard window (0: it fits now, and is noted)."""
         if interval < 1 / GUARD_MAX_RATE:
             return 0.0
-        now = monotonic()
+        now = self._clock.monotonic()
         recent = self._recent
         expired = now - GUARD_WINDOW + 1e-9  # the nanosecond absorbs float rounding
         while recent and recent[0] <= expired:
@@ -136,7 +138,7 @@ class LocalRateLimiter:
         return 0.0
 
     async def pause(self, seconds: float) -> None:
-        now = monotonic()
+        now = self._clock.monotonic()
         if self._paused_until <= now:  # the first 429 of this episode: learn the pace
             # What ran into the limit since it last reset, over the quota's window as best seen:
             # the time we ran, or the wait it asks for (a burst that hit it at once).

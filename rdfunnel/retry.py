@@ -1,4 +1,7 @@
-"""How long to wait before trying again: the retry policy and the server's wait hints."""
+"""Whether and how long to wait before trying again: the retry policy and the server's wait hints.
+
+The policy only decides; the pipeline (``_pipeline.py``) obeys, for API and token requests alike.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,12 @@ import random
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from .errors import RDStationError
 
 __all__ = ["LONGEST_HINT", "RetryPolicy", "parse_wait_hint"]
 
@@ -36,6 +42,19 @@ class RetryPolicy:
         """
         bound = min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1))
         return random.uniform(0, bound) if self.jitter else bound
+
+    def decide(self, error: RDStationError, retries: int) -> float | None:
+        """Seconds to wait before retrying after ``error``, ``retries`` retries in; None: give up.
+
+        A server's wait hint is obeyed when it is at most ``max_wait``; a longer one (a contact's
+        daily quota, hours away) fails at once, carrying the hint.
+        """
+        if not error.retryable or retries >= self.max_retries:
+            return None
+        hint: float | None = getattr(error, "retry_after", None)  # only rate limits carry one
+        if hint is None:
+            return self.backoff(retries + 1)
+        return hint if hint <= self.max_wait else None
 
 
 #: The longest wait a hint is taken to ask for: RD's quotas are daily, and a larger (or absurd,

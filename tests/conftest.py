@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import inspect
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest.mock import Mock
@@ -15,13 +16,11 @@ import aioresponses.core
 import pytest
 from aioresponses import aioresponses as Aioresponses
 
-import rdfunnel._quota
-import rdfunnel._transport
-import rdfunnel.ratelimit
-
 
 class VirtualClock:
-    """Stands in for ``monotonic`` and ``asyncio.sleep``: sleeping advances time instantly.
+    """A :class:`rdfunnel.Clock` (pass it as ``clock=``) whose sleeps advance time instantly.
+
+    ``now`` is its monotonic time; its wall time moves with it, from the real time at creation.
 
     Sleepers wake one at a time in the order of their wake-up times, each moving the clock to its
     own, and each running before the next is woken: sleeps that overlap in real life overlap
@@ -30,6 +29,7 @@ class VirtualClock:
 
     def __init__(self) -> None:
         self.now = 1_000.0
+        self._wall_offset = time.time() - self.now
         self.sleeps: list[float] = []
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
@@ -37,6 +37,9 @@ class VirtualClock:
 
     def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return self._wall_offset + self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -63,13 +66,8 @@ class VirtualClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    virtual = VirtualClock()
-    monkeypatch.setattr(rdfunnel._transport, "sleep", virtual.sleep)
-    monkeypatch.setattr(rdfunnel.ratelimit, "sleep", virtual.sleep)
-    monkeypatch.setattr(rdfunnel.ratelimit, "monotonic", virtual.monotonic)
-    monkeypatch.setattr(rdfunnel._quota, "monotonic", virtual.monotonic)
-    return virtual
+def clock() -> VirtualClock:
+    return VirtualClock()
 
 
 _NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters

@@ -73,7 +73,7 @@ async def test_a_spent_account_quota_stops_the_run_and_nothing_more_is_sent(
     limits = Limits(account_quota=40, window=36_000)
     async with (
         FakeRDStation(contacts=100, limits=limits, clock=clock.monotonic) as fake,
-        fake.client(retry=FAST) as rd,
+        fake.client(clock=clock, retry=FAST) as rd,
     ):
         run = rd.funnels.update_many(source(), concurrency=8)
         results = await collect(run)
@@ -114,7 +114,7 @@ async def test_a_spent_contact_quota_fails_that_contacts_later_calls_unsent(
     limits = Limits(per_contact=2)
     async with (
         FakeRDStation(contacts=2, limits=limits, clock=clock.monotonic) as fake,
-        fake.client(retry=FAST) as rd,
+        fake.client(clock=clock, retry=FAST) as rd,
     ):
         for _ in range(2):
             await rd.funnels.get(email(0))
@@ -138,7 +138,7 @@ async def test_a_token_storm_stops_after_three_token_requests(clock: VirtualCloc
     faults = Faults(early_expiry=1.0)
     async with (
         FakeRDStation(contacts=200, faults=faults, rotate_refresh_tokens=True) as fake,
-        fake.client(retry=FAST) as rd,
+        fake.client(clock=clock, retry=FAST) as rd,
     ):
         run = rd.funnels.update_many([(email(i), LEAD) for i in range(200)], concurrency=16)
         results = await collect(run)
@@ -155,7 +155,7 @@ async def test_early_expiries_never_fail_a_row(clock: VirtualClock) -> None:
     changes = [(email(i % 500), LEAD) for i in range(10_000)]
     async with (
         FakeRDStation(contacts=500, faults=faults, rotate_refresh_tokens=True) as fake,
-        fake.client(retry=FAST) as rd,
+        fake.client(clock=clock, retry=FAST) as rd,
     ):
         run = rd.funnels.update_many(changes, concurrency=32)
         results = await collect(run)
@@ -169,7 +169,7 @@ async def test_a_404_proves_the_token_so_early_expiries_do_not_add_up(
     clock: VirtualClock,
 ) -> None:
     faults = Faults(early_expiry=0.2, seed=5)
-    async with FakeRDStation(faults=faults) as fake, fake.client(retry=FAST) as rd:
+    async with FakeRDStation(faults=faults) as fake, fake.client(clock=clock, retry=FAST) as rd:
         unknown = [(f"nobody-{i}@example.com", LEAD) for i in range(200)]
         run = rd.funnels.update_many(unknown, concurrency=4)
         results = await collect(run)
@@ -186,7 +186,7 @@ async def test_a_failing_on_token_refresh_fails_no_call(
 
     async with (
         FakeRDStation(contacts=16) as fake,
-        fake.client(retry=FAST, on_token_refresh=hook) as rd,
+        fake.client(clock=clock, retry=FAST, on_token_refresh=hook) as rd,
     ):
         run = rd.funnels.update_many([(email(i), LEAD) for i in range(16)], concurrency=16)
         results = await collect(run)
@@ -373,7 +373,7 @@ async def test_absurd_token_lifetimes_are_clamped_and_the_rotated_token_saved(
     wire.get("https://api.rd.services/marketing/account_info", payload={"name": "x"})
     async with RDStation(client_id="c", client_secret="s", refresh_token="old") as rd:
         await rd.account_info()
-        token = rd._transport.tokens.token  # type: ignore[attr-defined]
+        token = rd._tokens.token  # type: ignore[attr-defined]
     assert token.refresh_token == "rotated"
     assert token.expires_at is None or token.expires_in() <= 366 * 86400
 

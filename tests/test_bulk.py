@@ -271,7 +271,9 @@ async def test_the_limiter_spaces_the_first_sends(clock: VirtualClock) -> None:
         sent_at.append(clock.now)
         return Funnel(), 1
 
-    await collect(BulkRun(changes(11), apply, concurrency=4, limiter=LocalRateLimiter(5)))
+    await collect(
+        BulkRun(changes(11), apply, concurrency=4, limiter=LocalRateLimiter(5, clock=clock))
+    )
     # Spaced 0.2 s apart, and never more than 5 within 1.01 s (the limiter's guard window).
     assert sent_at[-1] - sent_at[0] == pytest.approx(2.02)
 

@@ -169,7 +169,7 @@ async def test_ten_thousand_changes_through_faults(clock: VirtualClock) -> None:
     faults = Faults(html_502=0.05, drop=0.03, slow=0.02, slow_seconds=120, seed=5)
     async with (
         FakeRDStation(contacts=contacts, faults=faults) as fake,
-        fake.client(retry=FAST, timeout=0.5) as rd,
+        fake.client(clock=clock, retry=FAST, timeout=0.5) as rd,
     ):
         run = rd.funnels.update_many(changes, concurrency=64)
         results = await collect(run)
@@ -217,7 +217,7 @@ async def test_repeated_contacts_end_at_their_last_change(clock: VirtualClock) -
     changes = shuffled_changes(2_000, 50, seed=3)
     faults = Faults(html_502=0.1, json_503=0.05, drop=0.05, seed=9)
     async with FakeRDStation(contacts=50, faults=faults) as fake:
-        async with fake.client(retry=FAST, timeout=10) as rd:
+        async with fake.client(clock=clock, retry=FAST, timeout=10) as rd:
             results = await collect(rd.funnels.update_many(changes, concurrency=32))
         assert all(result.ok for result in results)
         assert sum(fake.stats.faults.values()) > 0.1 * len(changes)
@@ -236,7 +236,7 @@ async def test_per_contact_quota_fails_those_items_fast(clock: VirtualClock) -> 
     async with FakeRDStation(
         contacts=100, limits=Limits(per_contact=3), clock=clock.monotonic
     ) as fake:
-        async with fake.client(retry=FAST) as rd:
+        async with fake.client(clock=clock, retry=FAST) as rd:
             for contact in hot:
                 for _ in range(3):
                     await rd.funnels.get(email(contact))
@@ -270,7 +270,7 @@ async def test_account_cap_pauses_and_everything_lands(clock: VirtualClock) -> N
     async with FakeRDStation(
         contacts=250, limits=Limits(account_rps=rps), clock=clock.monotonic
     ) as fake:
-        async with fake.client(retry=FAST) as rd:
+        async with fake.client(clock=clock, retry=FAST) as rd:
             started_at = clock.now
             results = await collect(rd.funnels.update_many(changes, concurrency=concurrency))
         assert all(result.ok for result in results)
@@ -304,7 +304,7 @@ async def test_max_rate_caps_the_run(clock: VirtualClock, html_502: float) -> No
     async with (
         FakeRDStation(contacts=10, clock=clock.monotonic, faults=faults) as fake,
         aiohttp.ClientSession(trace_configs=[trace]) as session,
-        fake.client(retry=FAST, session=session) as rd,
+        fake.client(clock=clock, retry=FAST, session=session) as rd,
     ):
         await rd.request("GET", "/marketing/account_info")  # the token first
         sent_at.clear()
@@ -336,7 +336,7 @@ async def test_an_abandoned_million_change_generator(clock: VirtualClock) -> Non
             pulled += 1
             yield change(index, index % 5_000)
 
-    async with FakeRDStation(contacts=5_000) as fake, fake.client(retry=FAST) as rd:
+    async with FakeRDStation(contacts=5_000) as fake, fake.client(clock=clock, retry=FAST) as rd:
         seen = 0
         run = rd.funnels.update_many(million(), concurrency=concurrency)
         async with run:
@@ -367,7 +367,7 @@ async def test_cancelling_the_consumer_leaves_nothing_behind(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         async with FakeRDStation(contacts=500) as fake:
-            async with fake.client(retry=FAST) as rd:
+            async with fake.client(clock=clock, retry=FAST) as rd:
 
                 async def consume() -> None:
                     async with rd.funnels.update_many(changes, concurrency=32) as run:
@@ -411,7 +411,7 @@ async def test_revoking_the_refresh_token_stops_the_run(clock: VirtualClock) -> 
             pulled += 1
             yield change(index, index % 8)  # chains: most pulled items wait behind another
 
-    async with FakeRDStation(contacts=8) as fake, fake.client(retry=FAST) as rd:
+    async with FakeRDStation(contacts=8) as fake, fake.client(clock=clock, retry=FAST) as rd:
         run = rd.funnels.update_many(source(), concurrency=16)
         results: list[BulkResult] = []
         async with run:
@@ -449,7 +449,7 @@ async def test_revoking_the_refresh_token_stops_the_run(clock: VirtualClock) -> 
 async def test_an_expired_token_storm_costs_one_refresh(clock: VirtualClock) -> None:
     changes = [change(index, index % 300) for index in range(3_000)]
     async with FakeRDStation(contacts=300) as fake:
-        async with fake.client(retry=FAST) as rd:
+        async with fake.client(clock=clock, retry=FAST) as rd:
             run = rd.funnels.update_many(changes, concurrency=64)
             results: list[BulkResult] = []
             async with run:

@@ -14,7 +14,6 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-import rdfunnel.ratelimit
 from rdfunnel import (
     Contact,
     Funnel,
@@ -55,7 +54,7 @@ def funnel_url(segment: str) -> URL:
 
 @pytest.fixture
 async def rd(clock: VirtualClock) -> AsyncIterator[RDStation]:
-    async with RDStation(access_token=TOKEN, retry=FAST) as client:
+    async with RDStation(clock=clock, access_token=TOKEN, retry=FAST) as client:
         yield client
 
 
@@ -149,7 +148,7 @@ async def test_exact_put_body(
 
 async def test_clearing_the_owner_as_json_null(clock: VirtualClock, wire: aioresponses) -> None:
     wire.put(funnel_url("email:ana@example.com"), payload={"lifecycle_stage": "Lead"})
-    async with RDStation(access_token=TOKEN, clear_owner_as="null") as rd:
+    async with RDStation(clock=clock, access_token=TOKEN, clear_owner_as="null") as rd:
         funnel = await rd.funnels.update("ana@example.com", contact_owner_email=None)
     assert funnel.contact_owner_email is None
     assert sent(wire)[0][2] == {"contact_owner_email": None}
@@ -318,7 +317,7 @@ async def test_network_failures_are_retried_then_surface(
 async def test_a_callers_session_stays_open(clock: VirtualClock, wire: aioresponses) -> None:
     wire.get(funnel_url("email:ana@example.com"), payload=FUNNEL)
     async with aiohttp.ClientSession() as session:
-        async with RDStation(access_token=TOKEN, session=session) as rd:
+        async with RDStation(clock=clock, access_token=TOKEN, session=session) as rd:
             await rd.funnels.get("ana@example.com")
         assert not session.closed
         with pytest.raises(RDStationError, match="closed"):
@@ -387,7 +386,7 @@ def test_loopback_http_is_fine(url: str) -> None:
 def test_secrets_stay_out_of_repr() -> None:
     rd = RDStation(access_token=TOKEN)
     assert TOKEN not in repr(rd) and TOKEN not in str(rd)
-    assert TOKEN not in repr(rd._transport.tokens)
+    assert TOKEN not in repr(rd._tokens)
 
 
 def test_credentials_are_required() -> None:
@@ -396,7 +395,7 @@ def test_credentials_are_required() -> None:
 
 
 async def test_the_limiter_learns_the_accounts_pace_from_a_429(clock: VirtualClock) -> None:
-    limiter = LocalRateLimiter()
+    limiter = LocalRateLimiter(clock=clock)
     for _ in range(250):  # a burst that ran into a 200-per-second quota
         await limiter.acquire()
     clock.now += 0.05
@@ -415,7 +414,7 @@ async def test_the_limiter_learns_the_accounts_pace_from_a_429(clock: VirtualClo
 
 
 async def test_a_few_requests_teach_the_limiter_nothing(clock: VirtualClock) -> None:
-    limiter = LocalRateLimiter()
+    limiter = LocalRateLimiter(clock=clock)
     for _ in range(3):  # others on the account used the quota up
         await limiter.acquire()
     await limiter.pause(2.0)
@@ -425,16 +424,20 @@ async def test_a_few_requests_teach_the_limiter_nothing(clock: VirtualClock) -> 
     assert clock.now - start == pytest.approx(2.0)  # the pause, then no pacing
 
 
-async def test_late_wake_ups_never_bunch_past_the_cap(
-    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    oversleep = random.Random(4)
+class LateClock(VirtualClock):
+    """A busy loop's clock: it wakes sleepers up to 40 ms late."""
 
-    async def late_sleep(seconds: float) -> None:  # a busy loop wakes sleepers up to 40 ms late
-        await clock.sleep(seconds + oversleep.uniform(0, 0.04))
+    def __init__(self) -> None:
+        super().__init__()
+        self.oversleep = random.Random(4)
 
-    monkeypatch.setattr(rdfunnel.ratelimit, "sleep", late_sleep)
-    limiter, sent = LocalRateLimiter(50), []
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.oversleep.uniform(0, 0.04))
+
+
+async def test_late_wake_ups_never_bunch_past_the_cap() -> None:
+    clock = LateClock()
+    limiter, sent = LocalRateLimiter(50, clock=clock), []
 
     async def caller() -> None:
         for _ in range(40):

@@ -1,8 +1,8 @@
 """The SDK core against FakeRDStation over real sockets: routes, faults, limits, tokens.
 
 The fake's counters prove what the client really sent. The project's ``clock`` fixture (see
-conftest) makes the client's sleeps virtual; handing the same clock to the fake keeps both sides
-on one timeline, so a 1-second ``retry-after-quotas`` costs no real second.
+conftest), passed to the client, makes its sleeps virtual; handing the same clock to the fake
+keeps both sides on one timeline, so a 1-second ``retry-after-quotas`` costs no real second.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ async def fake(clock: VirtualClock) -> AsyncIterator[FakeRDStation]:
 
 
 @pytest.fixture
-async def rd(fake: FakeRDStation) -> AsyncIterator[RDStation]:
-    async with fake.client(retry=FAST, timeout=0.25) as client:
+async def rd(fake: FakeRDStation, clock: VirtualClock) -> AsyncIterator[RDStation]:
+    async with fake.client(retry=FAST, timeout=0.25, clock=clock) as client:
         yield client
 
 
@@ -101,7 +101,7 @@ async def test_404_is_tried_once(fake: FakeRDStation, rd: RDStation) -> None:
 async def test_invalid_user_is_a_bad_request_tried_once(clock: VirtualClock) -> None:
     async with FakeRDStation(users=["boss@example.com"], clock=clock.monotonic) as fake:
         fake.add_contact(ANA)
-        async with fake.client(retry=FAST) as rd:
+        async with fake.client(retry=FAST, clock=clock) as rd:
             with pytest.raises(BadRequestError) as info:
                 await rd.funnels.update(ANA, contact_owner_email="stranger@example.com")
         assert info.value.details["contact_owner_email"][0]["error_type"] == "INVALID_USER"
@@ -207,7 +207,7 @@ async def test_expired_tokens_are_refreshed(fake: FakeRDStation, rd: RDStation) 
 async def test_rotating_refresh_tokens(clock: VirtualClock) -> None:
     async with FakeRDStation(rotate_refresh_tokens=True, clock=clock.monotonic) as fake:
         fake.add_contact(ANA)
-        async with fake.client(retry=FAST) as rd:
+        async with fake.client(retry=FAST, clock=clock) as rd:
             for _ in range(3):
                 await rd.funnels.get(ANA)
                 fake.expire_tokens()

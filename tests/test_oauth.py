@@ -13,7 +13,6 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-import rdfunnel.oauth
 from rdfunnel.errors import (
     APIError,
     ExpiredCodeGrantError,
@@ -37,9 +36,20 @@ TOKEN = Token(
 )
 
 
-@pytest.fixture(autouse=True)
-def frozen_now(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rdfunnel.oauth, "_now", lambda: NOW)
+class FrozenClock:
+    """Always ``NOW``: the tokens these tests get expire at a known time."""
+
+    def time(self) -> float:
+        return NOW.timestamp()
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("a single token request never waits")
+
+
+FROZEN = FrozenClock()
 
 
 @pytest.fixture
@@ -132,22 +142,24 @@ class TestJsonStyle:
         self, mocked: aioresponses, session: aiohttp.ClientSession
     ) -> None:
         mocked.post(f"{TOKEN_URL}?token_by=code", payload=ANSWER)
-        got = await app().exchange_code(session, "the-code", redirect_uri="https://a/cb")
+        got = await app().exchange_code(
+            session, "the-code", redirect_uri="https://a/cb", clock=FROZEN
+        )
         assert got == TOKEN
         [call] = sent(mocked, f"{TOKEN_URL}?token_by=code")
-        assert call["json"] == {
+        assert json.loads(call["data"]) == {
             "client_id": "my-client",
             "client_secret": SECRET,
             "code": "the-code",
         }
         assert call["headers"]["Content-Type"] == "application/json"
-        assert call.get("data") is None
+        assert call.get("json") is None
 
     async def test_refresh(self, mocked: aioresponses, session: aiohttp.ClientSession) -> None:
         mocked.post(TOKEN_URL, payload=ANSWER)
-        assert await app().refresh(session, "refresh-0") == TOKEN
+        assert await app().refresh(session, "refresh-0", clock=FROZEN) == TOKEN
         [call] = sent(mocked, TOKEN_URL)
-        assert call["json"] == {
+        assert json.loads(call["data"]) == {
             "client_id": "my-client",
             "client_secret": SECRET,
             "refresh_token": "refresh-0",
@@ -157,7 +169,7 @@ class TestJsonStyle:
         self, mocked: aioresponses, session: aiohttp.ClientSession
     ) -> None:
         mocked.post(TOKEN_URL, payload={"access_token": "access-2", "expires_in": 86400})
-        got = await app().refresh(session, "refresh-0")
+        got = await app().refresh(session, "refresh-0", clock=FROZEN)
         assert (got.access_token, got.refresh_token) == ("access-2", "refresh-0")
 
     async def test_existing_query_in_token_url_is_kept(
@@ -165,7 +177,7 @@ class TestJsonStyle:
     ) -> None:
         a = OAuthApp.for_base_url("c", "s", token_url=f"{TOKEN_URL}?tenant=7")
         mocked.post(f"{TOKEN_URL}?tenant=7&token_by=code", payload=ANSWER)
-        assert await a.exchange_code(session, "code") == TOKEN
+        assert await a.exchange_code(session, "code", clock=FROZEN) == TOKEN
 
 
 class TestFormStyle:
@@ -173,7 +185,9 @@ class TestFormStyle:
         self, mocked: aioresponses, session: aiohttp.ClientSession
     ) -> None:
         mocked.post(TOKEN_URL, payload=ANSWER)
-        got = await app("form").exchange_code(session, "the code", redirect_uri="https://a/cb")
+        got = await app("form").exchange_code(
+            session, "the code", redirect_uri="https://a/cb", clock=FROZEN
+        )
         assert got == TOKEN
         [call] = sent(mocked, TOKEN_URL)
         assert call["data"] == (
@@ -185,7 +199,7 @@ class TestFormStyle:
 
     async def test_refresh(self, mocked: aioresponses, session: aiohttp.ClientSession) -> None:
         mocked.post(TOKEN_URL, payload=ANSWER)
-        assert await app("form").refresh(session, "refresh/0+") == TOKEN
+        assert await app("form").refresh(session, "refresh/0+", clock=FROZEN) == TOKEN
         [call] = sent(mocked, TOKEN_URL)
         assert call["data"] == (
             f"grant_type=refresh_token&refresh_token=refresh%2F0%2B&client_id=my-client"
@@ -226,7 +240,7 @@ class TestErrors:
     ) -> None:
         mocked.post(TOKEN_URL, status=401, payload=rd_error(error_type))
         with pytest.raises(cls) as caught:
-            await app().refresh(session, "refresh-0")
+            await app().refresh(session, "refresh-0", clock=FROZEN)
         error = caught.value
         assert type(error) is cls
         assert error.status == 401
@@ -241,7 +255,7 @@ class TestErrors:
     ) -> None:
         mocked.post(TOKEN_URL, status=502, body="<!DOCTYPE html>RD Station fora do ar")
         with pytest.raises(ServerError) as caught:
-            await app().refresh(session, "refresh-0")
+            await app().refresh(session, "refresh-0", clock=FROZEN)
         assert caught.value.retryable
         assert "fora do ar" in caught.value.body
 
@@ -252,19 +266,21 @@ class TestErrors:
         mocked.post(TOKEN_URL, exception=TimeoutError())
         mocked.post(TOKEN_URL, exception=aiohttp.ServerTimeoutError("slow"))
         with pytest.raises(TransportError) as caught:
-            await app().refresh(session, "refresh-0")
+            await app().refresh(session, "refresh-0", clock=FROZEN)
         assert not isinstance(caught.value, RequestTimeoutError)
         assert caught.value.retryable
         for _ in range(2):
             with pytest.raises(RequestTimeoutError):
-                await app().refresh(session, "refresh-0")
+                await app().refresh(session, "refresh-0", clock=FROZEN)
 
     async def test_every_request_carries_the_app_s_timeout(
         self, mocked: aioresponses, session: aiohttp.ClientSession
     ) -> None:
         mocked.post(TOKEN_URL, payload=ANSWER, repeat=True)
-        await app().refresh(session, "refresh-0")
-        await OAuthApp.for_base_url("my-client", SECRET, timeout=7.5).refresh(session, "r")
+        await app().refresh(session, "refresh-0", clock=FROZEN)
+        await OAuthApp.for_base_url("my-client", SECRET, timeout=7.5).refresh(
+            session, "r", clock=FROZEN
+        )
         timeouts = [call.kwargs["timeout"] for call in mocked.requests[("POST", URL(TOKEN_URL))]]
         assert timeouts == [aiohttp.ClientTimeout(total=30.0), aiohttp.ClientTimeout(total=7.5)]
 
@@ -276,7 +292,7 @@ class TestErrors:
     ) -> None:
         mocked.post(TOKEN_URL, status=200, body=body)
         with pytest.raises(APIError, match="holds no access token") as caught:
-            await app().refresh(session, "refresh-0")
+            await app().refresh(session, "refresh-0", clock=FROZEN)
         assert "refresh-9" not in str(caught.value)
         assert caught.value.body == ""
 
@@ -284,10 +300,12 @@ class TestErrors:
 class TestModuleExchangeCode:
     async def test_with_a_temporary_session(self, mocked: aioresponses) -> None:
         mocked.post(f"{TOKEN_URL}?token_by=code", payload=ANSWER)
-        got = await exchange_code("the-code", client_id="my-client", client_secret=SECRET)
+        got = await exchange_code(
+            "the-code", client_id="my-client", client_secret=SECRET, clock=FROZEN
+        )
         assert got == TOKEN
         [call] = sent(mocked, f"{TOKEN_URL}?token_by=code")
-        assert json.dumps(call["json"], sort_keys=True) == json.dumps(
+        assert json.dumps(json.loads(call["data"]), sort_keys=True) == json.dumps(
             {"client_id": "my-client", "client_secret": SECRET, "code": "the-code"},
             sort_keys=True,
         )
@@ -305,6 +323,7 @@ class TestModuleExchangeCode:
             token_url=url,
             style="form",
             session=session,
+            clock=FROZEN,
         )
         assert got == TOKEN
         assert not session.closed

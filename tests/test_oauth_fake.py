@@ -10,11 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-import rdfunnel._auth
 from rdfunnel import FileTokenStore, MemoryTokenStore, RDStation, RetryPolicy, Token
 from rdfunnel.errors import ExpiredCodeGrantError, InvalidRefreshTokenError
 from rdfunnel.oauth import authorization_url, exchange_code
 from rdfunnel.testing import FakeRDStation
+
+from .conftest import VirtualClock
 
 FAST = RetryPolicy(max_retries=3, backoff_base=0.001, backoff_cap=0.01)
 
@@ -88,17 +89,17 @@ async def test_500_concurrent_calls_after_every_token_expired_cause_one_refresh(
 
 
 async def test_a_token_due_for_refresh_is_renewed_once_under_load_and_saved(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: VirtualClock,
 ) -> None:
     store = MemoryTokenStore()
     async with FakeRDStation(contacts=50, rotate_refresh_tokens=True) as fake:
-        async with fake.client(token_store=store, retry=FAST) as rd:
+        async with fake.client(token_store=store, retry=FAST, clock=clock) as rd:
             await rd.funnels.get("contact-0@example.com")
             first = await store.load()
             assert first is not None and first.expires_at is not None
             # The client's clock reaches the leeway: the token is due, and still good at RD.
             due = first.expires_at.timestamp() - 60
-            monkeypatch.setattr(rdfunnel._auth, "_time", lambda: due)
+            clock.now += due - clock.time()
             fake.reset_stats()
             await asyncio.gather(*(rd.funnels.get(f"contact-{i}@example.com") for i in range(50)))
             assert fake.stats.count("funnels.get", 200) == 50
@@ -171,8 +172,8 @@ async def test_no_secret_reaches_the_logs_or_reprs(caplog: pytest.LogCaptureFixt
                 await rd.funnels.get("contact-0@example.com")
                 fake.expire_tokens()
                 await rd.funnels.get("contact-0@example.com")
-                token = rd._transport.tokens.token  # type: ignore[attr-defined]
-                shown = [repr(rd), str(rd), repr(rd._transport.tokens), repr(token)]
+                token = rd._tokens.token  # type: ignore[attr-defined]
+                shown = [repr(rd), str(rd), repr(rd._tokens), repr(token)]
         secrets = [fake.client_secret, fake.refresh_token, token.access_token, token.refresh_token]
         text = "\n".join([record.getMessage() for record in caplog.records] + shown)
         assert "access token refreshed" in text

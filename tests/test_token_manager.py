@@ -25,9 +25,9 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 import rdfunnel
-import rdfunnel._auth
-import rdfunnel.oauth
-from rdfunnel._auth import TokenManager, TokenSource
+from rdfunnel._pipeline import Pipeline
+from rdfunnel._refresh import TokenManager, TokenSource
+from rdfunnel._transport import Transport
 from rdfunnel.errors import (
     BadRequestError,
     InvalidCredentialsError,
@@ -36,7 +36,8 @@ from rdfunnel.errors import (
     ServerError,
     TransportError,
 )
-from rdfunnel.oauth import OAuthApp
+from rdfunnel.oauth import OAuthApp, TokenEndpoint
+from rdfunnel.ratelimit import LocalRateLimiter
 from rdfunnel.retry import RetryPolicy
 from rdfunnel.tokens import FileTokenStore, MemoryTokenStore, Token, TokenStoreError
 
@@ -49,11 +50,18 @@ RETRY = RetryPolicy(max_retries=3, backoff_base=0.5, jitter=False)
 
 
 class Clock:
-    """The manager's wall clock, moved by hand; ``sleep`` only records."""
+    """A :class:`rdfunnel.Clock` moved by hand (wall and monotonic time alike); ``sleep`` only
+    records."""
 
     def __init__(self) -> None:
         self.now = START
         self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
 
     def datetime(self) -> datetime:
         return datetime.fromtimestamp(self.now, UTC)
@@ -64,12 +72,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(rdfunnel._auth, "_time", lambda: c.now)
-    monkeypatch.setattr(rdfunnel._auth, "sleep", c.sleep)
-    monkeypatch.setattr(rdfunnel.oauth, "_now", c.datetime)
-    return c
+def clock() -> Clock:
+    return Clock()
 
 
 class Endpoint:
@@ -86,7 +90,7 @@ class Endpoint:
         wire.post(TOKEN_URL, callback=self.handle, repeat=True)
 
     async def handle(self, url: URL, **kwargs: Any) -> CallbackResult:
-        self.bodies.append(kwargs["json"])
+        self.bodies.append(json.loads(kwargs["data"]))
         self.timeouts.append(kwargs["timeout"])
         self.entered.set()
         if self.gate is not None:
@@ -127,19 +131,32 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def manager(store: Any, **kwargs: Any) -> TokenManager:
-    kwargs.setdefault("retry", RETRY)
-    return TokenManager(store=store, app=APP, **kwargs)
+def manager(
+    clock: Clock,
+    session: aiohttp.ClientSession,
+    store: Any,
+    *,
+    retry: RetryPolicy = RETRY,
+    **kwargs: Any,
+) -> TokenManager:
+    """A manager whose token requests take a pipeline of their own over ``session``."""
+    pipeline = Pipeline(
+        Transport(timeout=APP.timeout, session=session),
+        retry=retry,
+        limiter=LocalRateLimiter(clock=clock),
+        clock=clock,
+    )
+    return TokenManager(store=store, endpoint=TokenEndpoint(APP, pipeline), clock=clock, **kwargs)
 
 
 async def test_is_a_token_source_and_a_fresh_token_costs_no_lock(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     store = MemoryTokenStore(expiring(clock, 3600))
-    tokens: TokenSource = manager(store)
-    assert await tokens.access_token(session) == "access-0"
+    tokens: TokenSource = manager(clock, session, store)
+    assert await tokens.access_token() == "access-0"
     async with store.lock():  # held: a fresh token must not wait for it
-        assert await asyncio.wait_for(tokens.access_token(session), 5) == "access-0"
+        assert await asyncio.wait_for(tokens.access_token(), 5) == "access-0"
     assert not wire.requests
 
 
@@ -148,8 +165,8 @@ async def test_concurrent_callers_with_an_expired_token_cause_one_refresh(
 ) -> None:
     endpoint = Endpoint(wire)
     store = MemoryTokenStore(expiring(clock, -10))
-    tokens = manager(store)
-    got = await asyncio.gather(*(tokens.access_token(session) for _ in range(50)))
+    tokens = manager(clock, session, store)
+    got = await asyncio.gather(*(tokens.access_token() for _ in range(50)))
     assert got == ["access-1"] * 50
     assert endpoint.grants == 1
     assert endpoint.bodies == [
@@ -161,33 +178,31 @@ async def test_concurrent_401s_cause_one_refresh_and_all_replay(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     endpoint = Endpoint(wire)
-    tokens = manager(MemoryTokenStore(expiring(clock, 3600)))
-    rejected = await tokens.access_token(session)
-    assert (
-        await asyncio.gather(*(tokens.refresh(session, rejected) for _ in range(20))) == [True] * 20
-    )
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 3600)))
+    rejected = await tokens.access_token()
+    assert await asyncio.gather(*(tokens.refresh(rejected) for _ in range(20))) == [True] * 20
     assert endpoint.grants == 1
     # A late 401 for the old token finds it already replaced: no request.
-    assert await tokens.refresh(session, rejected)
+    assert await tokens.refresh(rejected)
     assert endpoint.grants == 1
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
 
 
 async def test_refresh_before_expiry_by_the_leeway(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     endpoint = Endpoint(wire)
-    tokens = manager(MemoryTokenStore(expiring(clock, 1000)), leeway=300)
-    assert await tokens.access_token(session) == "access-0"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 1000)), leeway=300)
+    assert await tokens.access_token() == "access-0"
     clock.now += 699
-    assert await tokens.access_token(session) == "access-0"
+    assert await tokens.access_token() == "access-0"
     assert endpoint.bodies == []
     clock.now += 1
     # Due but still good: callers go on with it while the refresh runs in the background.
-    assert await tokens.access_token(session) == "access-0"
-    assert await tokens.access_token(session) == "access-0"
+    assert await tokens.access_token() == "access-0"
+    assert await tokens.access_token() == "access-0"
     await tokens.drain()
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     assert endpoint.grants == 1
 
 
@@ -199,18 +214,18 @@ async def test_an_early_refresh_that_fails_keeps_the_token_and_tries_again_later
 ) -> None:
     endpoint = Endpoint(wire)
     endpoint.failures = [rd_error(400, "BAD_REQUEST")]
-    tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
-    assert await tokens.access_token(session) == "access-0"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 100)), leeway=300)
+    assert await tokens.access_token() == "access-0"
     clock.now += 50  # due at half life
-    assert await tokens.access_token(session) == "access-0"
+    assert await tokens.access_token() == "access-0"
     await tokens.drain()
     assert "background token refresh failed: BadRequestError" in caplog.text
-    assert await tokens.access_token(session) == "access-0"  # no new attempt yet
+    assert await tokens.access_token() == "access-0"  # no new attempt yet
     assert len(endpoint.bodies) == 1
     clock.now += 10
-    assert await tokens.access_token(session) == "access-0"
+    assert await tokens.access_token() == "access-0"
     await tokens.drain()
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     assert endpoint.grants == 1
 
 
@@ -222,17 +237,17 @@ async def test_a_background_refresh_refused_for_good_is_not_asked_again_before_e
 ) -> None:
     endpoint = Endpoint(wire)
     endpoint.failures = [rd_error(401, "INVALID_REFRESH_TOKEN")]
-    tokens = manager(MemoryTokenStore(expiring(clock, 1000)), leeway=300)
-    await tokens.access_token(session)
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 1000)), leeway=300)
+    await tokens.access_token()
     clock.now += 700
     for _ in range(30):
-        assert await tokens.access_token(session) == "access-0"
+        assert await tokens.access_token() == "access-0"
         await tokens.drain()
         clock.now += 10
     assert len(endpoint.bodies) == 1
     assert caplog.text.count("background token refresh failed") == 1
     with pytest.raises(InvalidRefreshTokenError):  # expired now: the refusal surfaces
-        await tokens.access_token(session)
+        await tokens.access_token()
 
 
 async def test_an_on_token_refresh_error_in_a_background_refresh_is_logged(
@@ -246,22 +261,24 @@ async def test_an_on_token_refresh_error_in_a_background_refresh_is_logged(
     def hook(token: rdfunnel.Token) -> None:
         raise RuntimeError("webhook down")
 
-    tokens = manager(MemoryTokenStore(expiring(clock, 1000)), leeway=300, on_token_refresh=hook)
-    await tokens.access_token(session)
+    tokens = manager(
+        clock, session, MemoryTokenStore(expiring(clock, 1000)), leeway=300, on_token_refresh=hook
+    )
+    await tokens.access_token()
     clock.now += 700
-    await tokens.access_token(session)
+    await tokens.access_token()
     await tokens.drain()
     assert "on_token_refresh raised RuntimeError" in caplog.text
     assert isinstance(tokens.hook_error, RuntimeError)
-    assert await tokens.access_token(session) == "access-1"  # saved and in use all the same
+    assert await tokens.access_token() == "access-1"  # saved and in use all the same
 
 
 async def test_a_refresh_cancelled_before_it_starts_does_not_wedge_the_manager(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     Endpoint(wire)
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
-    caller = asyncio.create_task(tokens.access_token(session))
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)))
+    caller = asyncio.create_task(tokens.access_token())
     await asyncio.sleep(0)  # the caller has started the refresh task, which has not run yet
     (refresh,) = [
         task for task in asyncio.all_tasks() if "_renew_locked" in task.get_coro().__qualname__
@@ -269,7 +286,7 @@ async def test_a_refresh_cancelled_before_it_starts_does_not_wedge_the_manager(
     refresh.cancel()
     with pytest.raises(RDStationError, match="cancelled before it finished"):
         await asyncio.wait_for(caller, 5)  # a guard: a wedged manager would hang here
-    assert await asyncio.wait_for(tokens.access_token(session), 5) == "access-1"
+    assert await asyncio.wait_for(tokens.access_token(), 5) == "access-1"
 
 
 async def test_a_token_past_its_expiry_makes_callers_wait_for_the_new_one(
@@ -277,12 +294,12 @@ async def test_a_token_past_its_expiry_makes_callers_wait_for_the_new_one(
 ) -> None:
     endpoint = Endpoint(wire)
     endpoint.failures = [rd_error(400, "BAD_REQUEST")]
-    tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
-    assert await tokens.access_token(session) == "access-0"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 100)), leeway=300)
+    assert await tokens.access_token() == "access-0"
     clock.now += 100
     with pytest.raises(BadRequestError):
-        await tokens.access_token(session)
-    assert await tokens.access_token(session) == "access-1"
+        await tokens.access_token()
+    assert await tokens.access_token() == "access-1"
 
 
 async def test_closing_lets_a_refresh_in_flight_save_the_rotated_token(
@@ -292,7 +309,7 @@ async def test_closing_lets_a_refresh_in_flight_save_the_rotated_token(
     endpoint.gate = asyncio.Event()
     store = MemoryTokenStore(expiring(clock, -1))
     rd = rdfunnel.RDStation(
-        client_id="my-client", client_secret=SECRET, token_store=store, retry=RETRY
+        client_id="my-client", client_secret=SECRET, token_store=store, retry=RETRY, clock=clock
     )
     caller = asyncio.create_task(rd.funnels.get("ana@example.com"))
     await endpoint.entered.wait()
@@ -315,7 +332,7 @@ async def test_token_requests_keep_to_the_client_s_timeout(
     wire.get(f"{BASE}/platform/contacts/email:ana@example.com/funnels/default", payload={})
     store = MemoryTokenStore(expiring(clock, -1))
     async with rdfunnel.RDStation(
-        client_id="my-client", client_secret=SECRET, token_store=store, timeout=5
+        client_id="my-client", client_secret=SECRET, token_store=store, timeout=5, clock=clock
     ) as rd:
         await rd.funnels.get("ana@example.com")
     assert endpoint.timeouts == [aiohttp.ClientTimeout(total=5)]
@@ -325,16 +342,16 @@ async def test_short_lived_tokens_refresh_at_half_life_not_in_a_loop(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     endpoint = Endpoint(wire, life=60)
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)), leeway=300)
-    assert await tokens.access_token(session) == "access-1"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)), leeway=300)
+    assert await tokens.access_token() == "access-1"
     for _ in range(10):
-        assert await tokens.access_token(session) == "access-1"
+        assert await tokens.access_token() == "access-1"
     clock.now += 29
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     clock.now += 1
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     await tokens.drain()
-    assert await tokens.access_token(session) == "access-2"
+    assert await tokens.access_token() == "access-2"
     assert endpoint.grants == 2
 
 
@@ -342,16 +359,16 @@ async def test_a_stored_token_seen_again_keeps_its_deadline(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     endpoint = Endpoint(wire)
-    tokens = manager(MemoryTokenStore(expiring(clock, 100)), leeway=300)
-    assert await tokens.access_token(session) == "access-0"  # half of 100 s left: refresh at 50
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 100)), leeway=300)
+    assert await tokens.access_token() == "access-0"  # half of 100 s left: refresh at 50
     clock.now += 49
-    await tokens.access_token(session)
+    await tokens.access_token()
     await tokens.drain()
     assert endpoint.grants == 0
     clock.now += 1
-    await tokens.access_token(session)
+    await tokens.access_token()
     await tokens.drain()
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     assert endpoint.grants == 1
 
 
@@ -359,11 +376,13 @@ async def test_no_expiry_means_valid_until_refused(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     endpoint = Endpoint(wire)
-    tokens = manager(MemoryTokenStore(Token(access_token="access-0", refresh_token="refresh-0")))
+    tokens = manager(
+        clock, session, MemoryTokenStore(Token(access_token="access-0", refresh_token="refresh-0"))
+    )
     clock.now += 10**8
-    assert await tokens.access_token(session) == "access-0"
-    assert await tokens.refresh(session, "access-0")
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-0"
+    assert await tokens.refresh("access-0")
+    assert await tokens.access_token() == "access-1"
     assert endpoint.grants == 1
 
 
@@ -372,9 +391,9 @@ async def test_starting_from_a_refresh_token_alone(
 ) -> None:
     endpoint = Endpoint(wire)
     store = MemoryTokenStore()
-    tokens = manager(store, refresh_token="refresh-0")
+    tokens = manager(clock, session, store, refresh_token="refresh-0")
     assert tokens.token is None
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     assert endpoint.bodies[0]["refresh_token"] == "refresh-0"
     assert await store.load() == tokens.token
 
@@ -384,12 +403,12 @@ async def test_the_store_wins_over_the_seed_and_a_seed_fills_an_empty_store(
 ) -> None:
     stored = expiring(clock, 3600, n=7)
     assert (
-        await manager(MemoryTokenStore(stored), refresh_token="old").access_token(session)
+        await manager(clock, session, MemoryTokenStore(stored), refresh_token="old").access_token()
         == "access-7"
     )
     store = MemoryTokenStore()
     seed = expiring(clock, 3600, n=3)
-    assert await manager(store, token=seed).access_token(session) == "access-3"
+    assert await manager(clock, session, store, token=seed).access_token() == "access-3"
     assert await store.load() == seed
     assert not wire.requests
 
@@ -398,16 +417,16 @@ async def test_no_credentials_at_all_is_a_clear_error(
     clock: Clock, session: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(TokenStoreError, match="authorize the app"):
-        await manager(MemoryTokenStore()).access_token(session)
+        await manager(clock, session, MemoryTokenStore()).access_token()
 
 
 async def test_an_access_token_without_refresh_token_is_used_until_refused(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     token = Token(access_token="access-0", expires_at=clock.datetime() - timedelta(seconds=1))
-    tokens = manager(MemoryTokenStore(token))
-    assert await tokens.access_token(session) == "access-0"
-    assert not await tokens.refresh(session, "access-0")
+    tokens = manager(clock, session, MemoryTokenStore(token))
+    assert await tokens.access_token() == "access-0"
+    assert not await tokens.refresh("access-0")
     assert not wire.requests
 
 
@@ -415,11 +434,11 @@ async def test_the_refresh_uses_a_token_another_process_saved(
     clock: Clock, wire: aioresponses, session: aiohttp.ClientSession
 ) -> None:
     store = MemoryTokenStore(expiring(clock, 3600))
-    tokens = manager(store)
-    assert await tokens.access_token(session) == "access-0"
+    tokens = manager(clock, session, store)
+    assert await tokens.access_token() == "access-0"
     await store.save(expiring(clock, 3600, n=5))  # what another process would do
-    assert await tokens.refresh(session, "access-0")
-    assert await tokens.access_token(session) == "access-5"
+    assert await tokens.refresh("access-0")
+    assert await tokens.access_token() == "access-5"
     assert not wire.requests
 
 
@@ -448,7 +467,7 @@ async def test_rotating_refresh_tokens_are_saved_before_use(
         assert await store.load() == token  # saved first, then announced
         seen.append(token)
 
-    tokens = manager(store, on_token_refresh=on_refresh)
+    tokens = manager(clock, session, store, on_token_refresh=on_refresh)
     original_save = store.save
 
     async def save_spy(token: Token) -> None:
@@ -456,10 +475,10 @@ async def test_rotating_refresh_tokens_are_saved_before_use(
         await original_save(token)
 
     store.save = save_spy  # type: ignore[method-assign]
-    assert await tokens.access_token(session) == "access-1"  # expired: proactive refresh
+    assert await tokens.access_token() == "access-1"  # expired: proactive refresh
     for n in (2, 3):  # then 401s
-        assert await tokens.refresh(session, f"access-{n - 1}")
-        assert await tokens.access_token(session) == f"access-{n}"
+        assert await tokens.refresh(f"access-{n - 1}")
+        assert await tokens.access_token() == f"access-{n}"
     assert [b["refresh_token"] for b in endpoint.bodies] == ["refresh-0", "refresh-1", "refresh-2"]
     assert [t.refresh_token for t in store.saved] == ["refresh-1", "refresh-2", "refresh-3"]
     assert in_use == ["access-0", "access-1", "access-2"]  # the old one still in use at each save
@@ -478,9 +497,9 @@ async def test_a_token_that_cannot_be_saved_is_not_used(
         async def save(self, token: Token) -> None:
             raise TokenStoreError("cannot write token file '/x': No space left on device")
 
-    tokens = manager(FullDisk(expiring(clock, -1)))
+    tokens = manager(clock, session, FullDisk(expiring(clock, -1)))
     with pytest.raises(TokenStoreError, match="No space"):
-        await tokens.access_token(session)
+        await tokens.access_token()
     assert tokens.token is None or tokens.token.access_token == "access-0"
 
 
@@ -501,8 +520,10 @@ async def test_on_token_refresh_errors_are_logged_and_kept_never_raised_to_calle
     async def async_callback(token: Token) -> None:
         raise RuntimeError("webhook down")
 
-    tokens = manager(store, on_token_refresh=async_callback if is_async else sync_callback)
-    callers = await asyncio.gather(*(tokens.access_token(session) for _ in range(16)))
+    tokens = manager(
+        clock, session, store, on_token_refresh=async_callback if is_async else sync_callback
+    )
+    callers = await asyncio.gather(*(tokens.access_token() for _ in range(16)))
     assert callers == ["access-1"] * 16  # every waiting call got the new token
     assert (await store.load()) == tokens.token
     assert isinstance(tokens.hook_error, RuntimeError)
@@ -527,17 +548,17 @@ async def test_a_refused_refresh_token_is_terminal_and_asked_once(
 ) -> None:
     endpoint = Endpoint(wire)
     endpoint.failures = [rd_error(401, error_type)]
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)))
     results = await asyncio.gather(
-        *(tokens.access_token(session) for _ in range(10)), return_exceptions=True
+        *(tokens.access_token() for _ in range(10)), return_exceptions=True
     )
     assert all(isinstance(r, cls) for r in results)
     assert "authorize the app again" in str(results[0])
     for _ in range(3):
         with pytest.raises(cls):
-            await tokens.refresh(session, "access-0")
+            await tokens.refresh("access-0")
         with pytest.raises(cls):
-            await tokens.access_token(session)
+            await tokens.access_token()
     assert len(endpoint.bodies) == 1
     assert clock.sleeps == []
 
@@ -551,8 +572,8 @@ async def test_server_errors_and_network_failures_are_retried_with_backoff(
         aiohttp.ClientConnectionError("reset"),
         CallbackResult(status=500),
     ]
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
-    assert await tokens.access_token(session) == "access-1"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)))
+    assert await tokens.access_token() == "access-1"
     assert clock.sleeps == [0.5, 1.0, 2.0]
     assert len(endpoint.bodies) == 4
 
@@ -563,15 +584,18 @@ async def test_retries_give_up_after_max_retries(
     endpoint = Endpoint(wire)
     endpoint.failures = [CallbackResult(status=502)] * 3
     tokens = manager(
-        MemoryTokenStore(expiring(clock, -1)), retry=RetryPolicy(max_retries=2, jitter=False)
+        clock,
+        session,
+        MemoryTokenStore(expiring(clock, -1)),
+        retry=RetryPolicy(max_retries=2, jitter=False),
     )
     with pytest.raises(ServerError) as caught:
-        await tokens.access_token(session)
+        await tokens.access_token()
     assert caught.value.attempts == 3
     assert len(clock.sleeps) == 2
     endpoint.failures = [aiohttp.ClientConnectionError()] * 3
     with pytest.raises(TransportError):
-        await tokens.access_token(session)
+        await tokens.access_token()
 
 
 async def test_other_client_errors_are_not_retried(
@@ -580,7 +604,7 @@ async def test_other_client_errors_are_not_retried(
     endpoint = Endpoint(wire)
     endpoint.failures = [rd_error(400, "BAD_REQUEST")]
     with pytest.raises(BadRequestError):
-        await manager(MemoryTokenStore(expiring(clock, -1))).access_token(session)
+        await manager(clock, session, MemoryTokenStore(expiring(clock, -1))).access_token()
     assert len(endpoint.bodies) == 1
     assert clock.sleeps == []
 
@@ -591,14 +615,14 @@ async def test_a_cancelled_caller_does_not_lose_the_rotated_token(
     endpoint = Endpoint(wire)
     endpoint.gate = asyncio.Event()
     store = MemoryTokenStore(expiring(clock, -1))
-    tokens = manager(store)
-    caller = asyncio.create_task(tokens.access_token(session))
+    tokens = manager(clock, session, store)
+    caller = asyncio.create_task(tokens.access_token())
     await endpoint.entered.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
     endpoint.gate.set()
-    assert await tokens.access_token(session) == "access-1"
+    assert await tokens.access_token() == "access-1"
     stored = await store.load()
     assert stored is not None
     assert stored.refresh_token == "refresh-1"
@@ -610,8 +634,8 @@ async def test_cancelling_one_waiting_caller_leaves_the_others_waiting_for_the_t
 ) -> None:
     endpoint = Endpoint(wire)
     endpoint.gate = asyncio.Event()
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)))
-    callers = [asyncio.create_task(tokens.access_token(session)) for _ in range(5)]
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)))
+    callers = [asyncio.create_task(tokens.access_token()) for _ in range(5)]
     await endpoint.entered.wait()
     callers[2].cancel()
     endpoint.gate.set()
@@ -623,8 +647,8 @@ async def test_cancelling_one_waiting_caller_leaves_the_others_waiting_for_the_t
 
 async def test_revoke(clock: Clock, wire: aioresponses, session: aiohttp.ClientSession) -> None:
     wire.post(f"{BASE}/auth/revoke", payload={})
-    tokens = manager(MemoryTokenStore(expiring(clock, 3600)))
-    await tokens.revoke(session)
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, 3600)))
+    await tokens.revoke()
     [call] = wire.requests[("POST", URL(f"{BASE}/auth/revoke"))]
     assert call.kwargs["data"] == "token=refresh-0&token_type_hint=refresh_token"
 
@@ -639,13 +663,13 @@ async def test_no_secret_in_logs_reprs_or_errors(
     endpoint = Endpoint(wire)
     endpoint.failures = [CallbackResult(status=503), aiohttp.ClientConnectionError("reset")]
     store = MemoryTokenStore(expiring(clock, -1))
-    tokens = manager(store, on_token_refresh=lambda token: None)
-    await tokens.access_token(session)
-    await tokens.refresh(session, "access-1")
+    tokens = manager(clock, session, store, on_token_refresh=lambda token: None)
+    await tokens.access_token()
+    await tokens.refresh("access-1")
     endpoint.failures = [rd_error(401, "INVALID_REFRESH_TOKEN")]
-    current = await tokens.access_token(session)
+    current = await tokens.access_token()
     with pytest.raises(InvalidRefreshTokenError) as caught:
-        await tokens.refresh(session, current)
+        await tokens.refresh(current)
     texts = [r.getMessage() for r in caplog.records]
     texts += [logging.Formatter().format(r) for r in caplog.records]
     texts += [repr(tokens), repr(store), repr(APP), repr(tokens.token), str(tokens.token)]
@@ -663,8 +687,12 @@ async def test_no_secret_in_logs_reprs_or_errors(
 CHILD = """
 import asyncio, contextlib, sys
 import aiohttp
-from rdfunnel._auth import TokenManager
-from rdfunnel.oauth import OAuthApp
+from rdfunnel._clock import SYSTEM_CLOCK
+from rdfunnel._pipeline import Pipeline
+from rdfunnel._refresh import TokenManager
+from rdfunnel._transport import Transport
+from rdfunnel.oauth import OAuthApp, TokenEndpoint
+from rdfunnel.ratelimit import LocalRateLimiter
 from rdfunnel.retry import RetryPolicy
 from rdfunnel.tokens import FileTokenStore
 
@@ -681,9 +709,15 @@ class AnnouncingStore(FileTokenStore):
 
 async def main():
     app = OAuthApp.for_base_url("my-client", "client-secret-xyz", base)
-    tokens = TokenManager(store=AnnouncingStore(path), app=app, retry=RetryPolicy(max_retries=0))
     async with aiohttp.ClientSession() as session:
-        print(await tokens.access_token(session))
+        pipeline = Pipeline(
+            Transport(timeout=app.timeout, session=session),
+            retry=RetryPolicy(max_retries=0),
+            limiter=LocalRateLimiter(clock=SYSTEM_CLOCK),
+            clock=SYSTEM_CLOCK,
+        )
+        tokens = TokenManager(store=AnnouncingStore(path), endpoint=TokenEndpoint(app, pipeline))
+        print(await tokens.access_token())
 
 asyncio.run(main())
 """
@@ -777,9 +811,9 @@ async def test_the_hook_error_is_cleared_by_a_hook_that_succeeds(
         if len(calls) == 1:
             raise RuntimeError("webhook down")
 
-    tokens = manager(MemoryTokenStore(expiring(clock, -1)), on_token_refresh=hook)
-    assert await tokens.access_token(session) == "access-1"
+    tokens = manager(clock, session, MemoryTokenStore(expiring(clock, -1)), on_token_refresh=hook)
+    assert await tokens.access_token() == "access-1"
     assert isinstance(tokens.hook_error, RuntimeError)
     clock.now += 2000  # the new token expired too: the next call refreshes again
-    assert await tokens.access_token(session) == "access-2"
+    assert await tokens.access_token() == "access-2"
     assert tokens.hook_error is None and len(calls) == 2

@@ -28,7 +28,6 @@ from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    NO_APP,
     Settings,
     err,
     fail,
@@ -281,8 +280,7 @@ def auth_login(settings: Settings, port: int, open_browser: bool, timeout: float
     """
     from ._login import LoginError, login
 
-    if not (settings.client_id and settings.client_secret):
-        fail(NO_APP)
+    client_id, client_secret = settings.app()
 
     def show(url: str, callback: str) -> None:
         err.print(
@@ -296,8 +294,8 @@ def auth_login(settings: Settings, port: int, open_browser: bool, timeout: float
     try:
         run(
             login(
-                client_id=settings.client_id,
-                client_secret=settings.client_secret,
+                client_id=client_id,
+                client_secret=client_secret,
                 base_url=settings.base_url,
                 store=settings.store(),
                 port=port,

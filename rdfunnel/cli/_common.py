@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import attrs
 from rich.console import Console
 
+from .._credentials import app_credentials
 from ..client import RDStation
 from ..errors import AuthenticationError, RDStationError, ValidationError
 from ..tokens import FileTokenStore, TokenStoreError
@@ -44,15 +45,22 @@ class Settings:
     def store(self) -> FileTokenStore:
         return FileTokenStore(self.token_file)
 
+    def app(self) -> tuple[str, str]:
+        """The app's client id and secret, or the error that says where to set them."""
+        try:
+            app = app_credentials(self.client_id, self.client_secret)
+        except ValidationError:
+            app = None
+        return app or fail(NO_APP)
+
     def client(self, **kwargs: Any) -> RDStation:
-        if not (self.client_id and self.client_secret):
-            fail(NO_APP)
+        client_id, client_secret = self.app()
         if not self.token_file.exists() and not self.refresh_token:
             fail(f"not logged in: no token in {self.token_file}; run `rdfunnel auth login`")
         self._warn_if_refresh_token_ignored()
         return RDStation(
-            client_id=self.client_id,
-            client_secret=self.client_secret,
+            client_id=client_id,
+            client_secret=client_secret,
             refresh_token=self.refresh_token,
             token_store=self.store(),
             base_url=self.base_url,

@@ -29,7 +29,6 @@ Needs the ``fastapi`` extra: ``pip install 'rdfunnel[fastapi]'``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -51,16 +50,12 @@ from rdfunnel.errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
-    ExpiredCodeGrantError,
     ForbiddenError,
-    InvalidCredentialsError,
-    InvalidRefreshTokenError,
     NotFoundError,
     RateLimitError,
     RDStationError,
     RequestTimeoutError,
     ServerError,
-    TokenRefusedError,
     TransportError,
     ValidationError,
 )
@@ -133,7 +128,7 @@ def rdstation_lifespan(
     if client_factory is not None and settings:
         raise TypeError("pass either client_factory or RDStation settings, not both")
     if settings:
-        inspect.signature(RDStation).bind(**settings)  # a misspelt name fails here, at import
+        RDStation(**settings)  # bad settings fail here, at import; the client is never used
 
     def make_client() -> RDStation:
         if client_factory is not None:
@@ -230,14 +225,6 @@ def error_response(exc: RDStationError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-_REAUTHORIZE = (
-    InvalidRefreshTokenError,
-    InvalidCredentialsError,
-    ExpiredCodeGrantError,
-    TokenRefusedError,
-)
-
-
 def _answer(exc: RDStationError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Status, JSON body and headers for ``exc``; the one place that decides what is disclosed."""
     if isinstance(exc, ValidationError):
@@ -257,7 +244,7 @@ def _answer(exc: RDStationError) -> tuple[int, dict[str, Any], dict[str, str]]:
         body = _body("rate_limited", detail)
         body.update(scope=exc.scope, retry_after=retry_after)
         return 429, body, {"Retry-After": str(retry_after)}
-    if isinstance(exc, _REAUTHORIZE):
+    if exc.reauthorize:
         detail = (
             "RD Station refused this service's authorization (revoked or invalid credentials); "
             "an operator must authorize the app again"

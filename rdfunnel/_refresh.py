@@ -1,4 +1,8 @@
-"""Where the transport gets its access token, and what it does when one is refused."""
+"""Token refresh: where the pipeline gets its access token, and what happens when one is refused.
+
+:class:`StaticToken` is a token the caller manages; :class:`TokenManager` keeps OAuth tokens fresh,
+asking the app's :class:`~rdfunnel.oauth.TokenEndpoint` (the same pipeline as every request).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,18 @@ import functools
 import inspect
 import logging
 import math
-import time
-from asyncio import sleep
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
-from .errors import AuthenticationError, RateLimitError, RDStationError, TokenRefusedError
-from .oauth import OAuthApp
-from .retry import RetryPolicy
+from ._clock import SYSTEM_CLOCK, Clock
+from ._pipeline import TokenSource
+from .errors import AuthenticationError, RDStationError, TokenRefusedError, ValidationError
+from .oauth import TokenEndpoint
 from .tokens import Token, TokenAppMismatchError, TokenStore, TokenStoreError
 
 __all__ = ["OnTokenRefresh", "StaticToken", "TokenManager", "TokenSource"]
 
 logger = logging.getLogger("rdfunnel")
-
-_time = time.time  # the one clock this module reads; tests replace it
 
 #: Seconds before a failed background refresh is tried again (the token in hand still works).
 _RETRY_BACKGROUND_REFRESH = 10.0
@@ -33,33 +31,13 @@ _RETRY_BACKGROUND_REFRESH = 10.0
 REFUSED_IN_A_ROW = 3
 
 
-class TokenSource(Protocol):
-    """The transport's view of authentication: a token to send, and a way to replace one."""
-
-    async def access_token(self, session: aiohttp.ClientSession) -> str:
-        """A token believed valid now (refreshing first if it is about to expire)."""
-        ...
-
-    async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
-        """The API refused ``rejected`` with a 401: get a new token if that one is still current.
-
-        Returns True when a token other than ``rejected`` is now available (worth a replay).
-        """
-        ...
-
-    def accepted(self, token: str) -> None:
-        """The API answered a request made with ``token``: it works."""
-        ...
-
-    async def drain(self) -> None:
-        """Let a refresh in flight finish (the client is closing): its new token must be saved."""
-        ...
-
-
 class StaticToken:
     """An access token the caller manages: sent as is, never refreshed."""
 
     __slots__ = ("_token",)
+
+    #: A static token runs no ``on_token_refresh`` hook.
+    hook_error: Exception | None = None
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -67,14 +45,17 @@ class StaticToken:
     def __repr__(self) -> str:
         return "StaticToken(<masked>)"
 
-    async def access_token(self, session: aiohttp.ClientSession) -> str:
+    async def access_token(self) -> str:
         return self._token
 
-    async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
+    async def refresh(self, rejected: str) -> bool:
         return False
 
     def accepted(self, token: str) -> None:
         return None
+
+    async def revoke(self) -> None:
+        raise ValidationError("revoking needs the app's client_id and client_secret")
 
     async def drain(self) -> None:
         return None
@@ -102,8 +83,9 @@ class TokenManager:
     __slots__ = (
         "_accepted",
         "_access",
-        "_app",
+        "_clock",
         "_dead_refresh_token",
+        "_endpoint",
         "_expires_at",
         "_inflight",
         "_last_refused",
@@ -111,7 +93,6 @@ class TokenManager:
         "_on_token_refresh",
         "_refresh_at",
         "_refused",
-        "_retry",
         "_seed",
         "_seed_refresh_token",
         "_store",
@@ -123,16 +104,16 @@ class TokenManager:
         self,
         *,
         store: TokenStore,
-        app: OAuthApp,
-        retry: RetryPolicy,
+        endpoint: TokenEndpoint,
+        clock: Clock = SYSTEM_CLOCK,
         on_token_refresh: OnTokenRefresh | None = None,
         leeway: float = 300.0,
         token: Token | None = None,
         refresh_token: str | None = None,
     ) -> None:
         self._store = store
-        self._app = app
-        self._retry = retry
+        self._endpoint = endpoint
+        self._clock = clock
         self._on_token_refresh = on_token_refresh
         self._leeway = leeway
         self._seed = token
@@ -152,29 +133,33 @@ class TokenManager:
 
     def __repr__(self) -> str:
         state = "no token yet" if self._token is None else "holding a token"
-        return f"TokenManager({self._store!r}, client_id={self._app.client_id!r}, {state})"
+        return f"TokenManager({self._store!r}, client_id={self._endpoint.app.client_id!r}, {state})"
 
     @property
     def token(self) -> Token | None:
         """The token in use (None before first use)."""
         return self._token
 
-    async def access_token(self, session: aiohttp.ClientSession) -> str:
+    async def access_token(self) -> str:
         access = self._access
         if access is not None:
-            now = _time()
+            now = self._clock.time()
             if now < self._refresh_at:
                 return access
             if now < self._expires_at:  # due but still good: renew behind the callers' backs
                 if self._inflight is None:
-                    self._start_renewal(session, None, background=True)
+                    self._start_renewal(None, background=True)
                 return access
-        await self._renew(session, None)
+        await self._renew(None)
         assert self._access is not None
         return self._access
 
-    async def refresh(self, session: aiohttp.ClientSession, rejected: str) -> bool:
-        if self._access is not None and self._access != rejected and _time() < self._refresh_at:
+    async def refresh(self, rejected: str) -> bool:
+        if (
+            self._access is not None
+            and self._access != rejected
+            and self._clock.time() < self._refresh_at
+        ):
             return True  # already replaced: the refused token was an old one
         if rejected != self._accepted and rejected != self._last_refused:
             self._last_refused = rejected  # counted once, however many calls it failed
@@ -188,7 +173,7 @@ class TokenManager:
                     "authorize the app again",
                 ),
             )
-        await self._renew(session, rejected)
+        await self._renew(rejected)
         return self._access is not None and self._access != rejected
 
     def accepted(self, token: str) -> None:
@@ -196,7 +181,7 @@ class TokenManager:
             self._accepted = token
             self._refused = 0
 
-    async def revoke(self, session: aiohttp.ClientSession) -> None:
+    async def revoke(self) -> None:
         """Revoke the stored refresh token (or, lacking one, the access token) at RD.
 
         RD then refuses both; the next use of this manager fails with a clear error.
@@ -206,18 +191,18 @@ class TokenManager:
         if token is None:
             return
         if token.refresh_token is not None:
-            await self._app.revoke(session, token.refresh_token, "refresh_token")
+            await self._endpoint.revoke(token.refresh_token, "refresh_token")
         else:
-            await self._app.revoke(session, token.access_token, "access_token")
+            await self._endpoint.revoke(token.access_token, "access_token")
         logger.info("token revoked")
 
-    async def _renew(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
+    async def _renew(self, rejected: str | None) -> None:
         """Join the renewal in flight, or start one.
 
         The renewal is a task no caller awaits, so a cancelled caller never cancels it (nor loses
         a token the server has already rotated); its event wakes every caller in one step.
         """
-        task, finished = self._inflight or self._start_renewal(session, rejected)
+        task, finished = self._inflight or self._start_renewal(rejected)
         await finished.wait()
         if task.cancelled():  # the loop shutting down, say: not this caller's cancellation
             raise RDStationError("the token refresh was cancelled before it finished")
@@ -229,10 +214,10 @@ class TokenManager:
             await asyncio.wait([inflight[0]])
 
     def _start_renewal(
-        self, session: aiohttp.ClientSession, rejected: str | None, *, background: bool = False
+        self, rejected: str | None, *, background: bool = False
     ) -> tuple[asyncio.Task[None], asyncio.Event]:
         finished = asyncio.Event()
-        task = asyncio.create_task(self._renew_locked(session, rejected))
+        task = asyncio.create_task(self._renew_locked(rejected))
         # A done callback, not a ``finally``: it runs even for a task cancelled before it started.
         task.add_done_callback(functools.partial(self._renewal_done, finished, background))
         self._inflight = (task, finished)
@@ -246,14 +231,14 @@ class TokenManager:
         error = None if task.cancelled() else task.exception()  # retrieved, so never "lost"
         if error is None or not background:
             return  # callers have the error
-        now = _time()
+        now = self._clock.time()
         if isinstance(error, AuthenticationError):
             self._refresh_at = self._expires_at  # asking again cannot help: it surfaces at expiry
         elif self._refresh_at <= now:  # the token in hand still works: try again a little later
             self._refresh_at = min(now + _RETRY_BACKGROUND_REFRESH, self._expires_at)
         logger.warning("background token refresh failed: %s: %s", type(error).__name__, error)
 
-    async def _renew_locked(self, session: aiohttp.ClientSession, rejected: str | None) -> None:
+    async def _renew_locked(self, rejected: str | None) -> None:
         async with self._store.lock():
             stored = self._checked(await self._store.load())
             current = stored or self._token or self._seed
@@ -274,7 +259,7 @@ class TokenManager:
                     )
                 self._adopt(current, until_refused=True)  # nothing to refresh it with
                 return
-            token = await self._request(session, refresh_token)
+            token = await self._request(refresh_token)
             await self._store.save(token)
             self._adopt(token)
         logger.info("access token refreshed, expires at %s", _when(token))
@@ -303,7 +288,7 @@ class TokenManager:
         Another app is another client id, or a token endpoint on another host (another OAuth
         server: RD's newer one, or a fake); the same server through a proxy or port is the same.
         """
-        app = self._app
+        app = self._endpoint.app
         if stored is None or (
             stored.client_id in (None, app.client_id)
             and (stored.token_url is None or _host(stored.token_url) == _host(app.token_url))
@@ -318,8 +303,9 @@ class TokenManager:
         )
 
     def _stamped(self, token: Token) -> Token:
+        app = self._endpoint.app
         if token.client_id is None:
-            return token.for_app(self._app.client_id, self._app.token_url)
+            return token.for_app(app.client_id, app.token_url)
         return token
 
     def _adopt(self, token: Token, *, until_refused: bool = False) -> bool:
@@ -328,7 +314,7 @@ class TokenManager:
         The leeway is computed once per token, from its life when first seen, so a token seen
         again keeps its deadline instead of creeping towards expiry.
         """
-        now = _time()
+        now = self._clock.time()
         if until_refused or token.expires_at is None:
             refresh_at = math.inf
         elif token.access_token == self._access:
@@ -342,35 +328,17 @@ class TokenManager:
         self._expires_at = math.inf if token.expires_at is None else token.expires_at.timestamp()
         return now >= refresh_at
 
-    async def _request(self, session: aiohttp.ClientSession, refresh_token: str) -> Token:
-        """One token, retrying server errors and network failures with the client's backoff."""
+    async def _request(self, refresh_token: str) -> Token:
+        """One token, the endpoint retrying server errors and network failures as for any call."""
         dead = self._dead_refresh_token
         if dead is not None and dead[0] == refresh_token:
             raise copy.copy(dead[1])  # refused before: asking again cannot help
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._app.refresh(session, refresh_token)
-            except AuthenticationError as error:
-                error.attempts = attempt
-                self._dead_refresh_token = (refresh_token, error)
-                logger.error("token refresh refused: %s", error)
-                raise
-            except RDStationError as error:
-                error.attempts = attempt
-                wait = self._wait(error, attempt)
-                if wait is None:
-                    raise
-                logger.warning("token refresh failed (%s), retrying in %.2f s", error, wait)
-                await sleep(wait)
-
-    def _wait(self, error: RDStationError, attempt: int) -> float | None:
-        if not error.retryable or attempt > self._retry.max_retries:
-            return None
-        if isinstance(error, RateLimitError) and error.retry_after is not None:
-            return error.retry_after if error.retry_after <= self._retry.max_wait else None
-        return self._retry.backoff(attempt)
+        try:
+            return await self._endpoint.refresh(refresh_token)
+        except AuthenticationError as error:
+            self._dead_refresh_token = (refresh_token, error)
+            logger.error("token refresh refused: %s", error)
+            raise
 
 
 def _host(url: str) -> str | None:
