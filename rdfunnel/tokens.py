@@ -320,20 +320,12 @@ class FileTokenStore:
             return None
         except (OSError, UnicodeDecodeError) as error:
             raise TokenStoreError(f"cannot read token file {where!r}: {_reason(error)}") from None
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            # Not chained: a JSONDecodeError carries the whole document, secrets included.
-            raise TokenStoreError(
-                f"token file {where!r} is corrupt (not JSON: {_json_reason(error)}); "
-                "fix or delete it, then authorize again if needed"
-            ) from None
-        if not isinstance(data, dict):
-            raise TokenStoreError(f"token file {where!r} is corrupt: expected a JSON object")
-        try:
-            return Token.from_dict(data)
-        except ValueError as error:
-            raise TokenStoreError(f"token file {where!r} is corrupt: {error}") from None
+        return _decode_token(
+            text,
+            f"token file {where!r}",
+            remedy="fix or delete it",
+            not_an_object="expected a JSON object",
+        )
 
     def _write(self, token: Token) -> None:
         where = os.fspath(self.path)
@@ -382,3 +374,26 @@ def _json_reason(error: ValueError) -> str:
     if isinstance(error, json.JSONDecodeError):
         return f"{error.msg} at line {error.lineno} column {error.colno}"
     return type(error).__name__
+
+
+def _decode_token(
+    raw: str | bytes, subject: str, *, remedy: str, not_an_object: str, parse_detail: bool = True
+) -> Token:
+    """The token a store keeps as JSON; a corrupt one is a TokenStoreError naming ``subject``.
+
+    One function for every store, so none chains the JSONDecodeError, which carries the whole
+    document, secrets included. The wording arguments keep each store's messages as they were.
+    """
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        not_json = f"not JSON: {_json_reason(error)}" if parse_detail else "not JSON"
+        raise TokenStoreError(
+            f"{subject} is corrupt ({not_json}); {remedy}, then authorize again if needed"
+        ) from None
+    if not isinstance(data, dict):
+        raise TokenStoreError(f"{subject} is corrupt: {not_an_object}")
+    try:
+        return Token.from_dict(data)
+    except ValueError as error:
+        raise TokenStoreError(f"{subject} is corrupt: {error}") from None

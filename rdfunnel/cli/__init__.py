@@ -7,7 +7,6 @@ with --resume once it resets); 130 interrupted (resume with --resume).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -21,8 +20,7 @@ except ImportError:  # pragma: no cover - the message is the behaviour
     sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
 
 from ..client import DEFAULT_BASE_URL
-from ..models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
-from ._bulk import Outcome, check_file, run_file
+from ._bulk import Outcome, check_file, run_bulk
 from ._common import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -34,8 +32,9 @@ from ._common import (
     out,
     run,
 )
-from ._report import exit_status, report, run_interruptible
-from ._rows import Journal, JournalMismatchError, check_file_shape, parse_flag
+from ._funnel import funnel
+from ._report import exit_status, report
+from ._rows import Journal, JournalMismatchError, check_file_shape
 
 __all__ = ["main"]
 
@@ -134,124 +133,16 @@ def bulk(
             "or not UTF-8 JSON); their rows count as not done[/]",
             highlight=False,
         )
-    try:
-        outcome = run(_bulk(settings, file, journal, concurrency, max_rate))
-    finally:
-        journal.close()
+    outcome = run(
+        run_bulk(settings.client, file, journal, concurrency=concurrency, max_rate=max_rate)
+    )
     report(outcome, journal_path)
     sys.exit(exit_status(outcome))
 
 
-async def _bulk(
-    settings: Settings, file: Path, journal: Journal, concurrency: int, max_rate: float | None
-) -> Outcome:
-    async with settings.client() as rd:
-        return await run_interruptible(
-            lambda stop: run_file(
-                rd,
-                file,
-                journal=journal,
-                concurrency=concurrency,
-                max_rate=max_rate,
-                stop=stop,
-                console=err,
-            )
-        )
-
-
 # -- funnel get / set ------------------------------------------------------------------------
 
-
-@cli.group()
-def funnel() -> None:
-    """Read or change one contact's funnel."""
-
-
-@funnel.command("get")
-@click.argument("contact")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.pass_obj
-def funnel_get(settings: Settings, contact: str, as_json: bool) -> None:
-    """Show where CONTACT (an email or a UUID) stands in the funnel."""
-
-    async def get() -> Funnel:
-        async with settings.client() as rd:
-            return await rd.funnels.get(contact)
-
-    _show(contact, run(get()), as_json)
-
-
-def _yes_no(ctx: click.Context, param: click.Parameter, value: str | None) -> bool | None:
-    """Yes or no in the same words change files take, case-insensitive."""
-    if value is None:
-        return None
-    flag = parse_flag(value)
-    if not isinstance(flag, bool):
-        raise click.BadParameter(f"{value!r} is not one of true/false, yes/no, sim/não, 1/0")
-    return flag
-
-
-@funnel.command("set")
-@click.argument("contact")
-@click.option(
-    "--stage", type=click.Choice([stage.value for stage in LifecycleStage], case_sensitive=False)
-)
-@click.option(
-    "--opportunity", callback=_yes_no, metavar="YES/NO", help="true/false, yes/no, sim/não, 1/0"
-)
-@click.option("--owner", help="the owner's email address")
-@click.option("--clear-owner", is_flag=True, help="remove the contact's owner")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.pass_obj
-def funnel_set(
-    settings: Settings,
-    contact: str,
-    stage: str | None,
-    opportunity: bool | None,
-    owner: str | None,
-    clear_owner: bool,
-    as_json: bool,
-) -> None:
-    """Change only the given fields of CONTACT's funnel."""
-    if owner and clear_owner:
-        fail("--owner and --clear-owner exclude each other")
-    if stage is None and opportunity is None and owner is None and not clear_owner:
-        fail(
-            "nothing to change: give at least one of --stage, --opportunity, --owner, --clear-owner"
-        )
-    try:
-        update = FunnelUpdate(
-            lifecycle_stage=stage or NOT_SET,
-            opportunity=NOT_SET if opportunity is None else opportunity,
-            contact_owner_email=None if clear_owner else (owner or NOT_SET),
-        )
-    except ValueError as exc:
-        fail(str(exc).replace("contact_owner_email", "--owner"))
-
-    async def apply() -> Funnel:
-        async with settings.client() as rd:
-            return await rd.funnels.update(contact, update)
-
-    _show(contact, run(apply()), as_json)
-
-
-def _show(contact: str, state: Funnel, as_json: bool) -> None:
-    fields = {
-        "lifecycle_stage": None if state.lifecycle_stage is None else str(state.lifecycle_stage),
-        "opportunity": state.opportunity,
-        "contact_owner_email": state.contact_owner_email,
-        "fit": state.fit,
-        "interest": state.interest,
-    }
-    if as_json:
-        click.echo(json.dumps({"contact": contact, **fields}, ensure_ascii=False))
-        return
-    opportunity = {True: "yes", False: "no", None: "unknown"}[state.opportunity]
-    out.print(
-        f"{contact}: {fields['lifecycle_stage'] or 'no stage'}, opportunity {opportunity}, "
-        f"owner {state.contact_owner_email or 'none'}, fit {state.fit}, interest {state.interest}",
-        highlight=False,
-    )
+cli.add_command(funnel)
 
 
 # -- auth ------------------------------------------------------------------------------------
@@ -366,21 +257,13 @@ def demo(contacts: int, concurrency: int, keep: bool) -> None:
             setup = await prepare_demo(fake, contacts, err)
             folders.append(setup.folder)
             journal = Journal(setup.results, source=setup.changes, resume=False)
-            try:
-                async with setup.client(fake) as rd:
-                    outcome = await run_interruptible(
-                        lambda stop: run_file(
-                            rd,
-                            setup.changes,
-                            journal=journal,
-                            concurrency=concurrency,
-                            max_rate=None,
-                            stop=stop,
-                            console=err,
-                        )
-                    )
-            finally:
-                journal.close()
+            outcome = await run_bulk(
+                lambda: setup.client(fake),
+                setup.changes,
+                journal,
+                concurrency=concurrency,
+                max_rate=None,
+            )
             return outcome, setup.results, setup.refreshes
 
     folders: list[Path] = []

@@ -1,11 +1,12 @@
-"""Running a change file through the bulk engine, with a progress bar and a results journal."""
+"""Running a change file through the bulk engine: progress bar, results journal, Ctrl-C."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -24,9 +25,10 @@ from ..bulk import BulkSummary
 from ..client import RDStation
 from ..errors import NotAttemptedError, ValidationError
 from ..models import Contact, ContactKey, FunnelUpdate
+from ._common import Aborted, err
 from ._rows import Journal, Row, count_rows, read_rows
 
-__all__ = ["Outcome", "check_file", "resume_points", "run_file"]
+__all__ = ["Outcome", "check_file", "resume_points", "run_bulk", "run_file"]
 
 #: Rows printed one by one (bad, or refused by RD) before the rest are only counted: all are in
 #: the journal.
@@ -205,3 +207,64 @@ async def run_file(
         outcome.stopped_by = run.stopped_by
     problems.close(journal.path)
     return outcome
+
+
+async def run_bulk(
+    connect: Callable[[], RDStation],
+    path: Path,
+    journal: Journal,
+    *,
+    concurrency: int,
+    max_rate: float | None,
+) -> Outcome:
+    """A change file's run as ``bulk`` and ``demo`` both start it, progress on stderr.
+
+    The client is made inside the run, so that however the run ends, the journal is closed.
+    """
+    try:
+        async with connect() as rd:
+            return await run_interruptible(
+                lambda stop: run_file(
+                    rd,
+                    path,
+                    journal=journal,
+                    concurrency=concurrency,
+                    max_rate=max_rate,
+                    stop=stop,
+                    console=err,
+                )
+            )
+    finally:
+        journal.close()
+
+
+async def run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]]) -> Outcome:
+    """First Ctrl-C: stop reading rows and let requests in flight finish. Second: abort."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    aborted = False
+
+    def interrupt() -> None:
+        nonlocal aborted
+        if stop.is_set():
+            if task is not None and not aborted:
+                aborted = True
+                task.cancel()
+            return
+        stop.set()
+        err.print("[yellow]stopping: finishing the requests in flight (Ctrl-C again to abort)[/]")
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows: Ctrl-C aborts
+        return await job(stop)
+    try:
+        return await job(stop)
+    except asyncio.CancelledError:
+        if not aborted or task is None:
+            raise
+        task.uncancel()
+        raise Aborted from None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)

@@ -17,6 +17,7 @@ import aiohttp
 from rich.console import Console
 
 from ..client import RDStation
+from ..models import LifecycleStage
 from ..oauth import authorization_url, exchange_code
 from ..retry import RetryPolicy
 from ..testing import FakeRDStation, Faults, Limits
@@ -25,15 +26,15 @@ from ..tokens import FileTokenStore, Token
 __all__ = ["DemoSetup", "prepare_demo"]
 
 OWNERS = ("ana@rdfunnel.example", "bruno@rdfunnel.example", "carla@rdfunnel.example")
-STAGES = ("Lead", "Qualified Lead", "Client")
+STAGES = tuple(LifecycleStage)
 QUOTA = 24  # funnel calls per contact per day, as RD allows
 OVER_QUOTA_CONTACTS = 3
 BAD_ROWS = (
-    {"email": "not-an-email", "lifecycle_stage": "Client"},
+    {"email": "not-an-email", "lifecycle_stage": LifecycleStage.CLIENT},
     {"email": "contact-1@example.com", "lifecycle_stage": "Customer"},
     {"email": "contact-2@example.com", "opportunity": "maybe"},
     {"email": "contact-3@example.com", "contact_owner_email": "nobody"},
-    {"email": "", "lifecycle_stage": "Lead"},
+    {"email": "", "lifecycle_stage": LifecycleStage.LEAD},
 )
 
 
@@ -86,7 +87,9 @@ def write_changes(path: Path, contacts: int, seed: int = 7) -> int:
         )
     for i in range(OVER_QUOTA_CONTACTS):
         for step in range(QUOTA + 4):
-            rows.append({"email": f"contact-{i}@example.com", "lifecycle_stage": STAGES[step % 3]})
+            rows.append(
+                {"email": f"contact-{i}@example.com", "lifecycle_stage": STAGES[step % len(STAGES)]}
+            )
     for bad in BAD_ROWS:
         rows.insert(chooser.randrange(len(rows)), dict(bad))
     with path.open("w", newline="", encoding="utf-8") as handle:

@@ -1,10 +1,7 @@
-"""How a bulk run of a change file ends: Ctrl-C handling, the summary table, the exit status."""
+"""How a bulk run of a change file ends: the summary table, the exit status."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,45 +18,12 @@ from ._common import (
     EXIT_QUOTA,
     EXIT_USAGE,
     LOGIN_AGAIN,
-    Aborted,
     err,
     out,
     refused,
 )
 
-__all__ = ["exit_status", "report", "run_interruptible"]
-
-
-async def run_interruptible(job: Callable[[asyncio.Event], Awaitable[Outcome]]) -> Outcome:
-    """First Ctrl-C: stop reading rows and let requests in flight finish. Second: abort."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    aborted = False
-
-    def interrupt() -> None:
-        nonlocal aborted
-        if stop.is_set():
-            if task is not None and not aborted:
-                aborted = True
-                task.cancel()
-            return
-        stop.set()
-        err.print("[yellow]stopping: finishing the requests in flight (Ctrl-C again to abort)[/]")
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows: Ctrl-C aborts
-        return await job(stop)
-    try:
-        return await job(stop)
-    except asyncio.CancelledError:
-        if not aborted or task is None:
-            raise
-        task.uncancel()
-        raise Aborted from None
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
+__all__ = ["exit_status", "report"]
 
 
 def exit_status(outcome: Outcome) -> int:

@@ -36,18 +36,19 @@ import math
 import random
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
 
 from ..errors import RDStationError, ValidationError
-from ..tokens import Token, TokenStoreError
+from ..tokens import Token, TokenStoreError, _decode_token
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "rdfunnel.contrib.redis needs the redis package: pip install 'rdfunnel[redis]'"
     ) from error
+
+from ._redis_base import MAX_IN_FLIGHT as MAX_IN_FLIGHT
+from ._redis_base import REDIS_FAILURES, RedisUser
 
 __all__ = [
     "RedisRateLimiter",
@@ -57,12 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("rdfunnel")
-
-_FAILURES = (RedisError, OSError)  # OSError: socket errors redis-py lets through
-
-#: Redis commands one store or limiter has in flight at once. redis-py's pool refuses (rather than
-#: queues) the 101st concurrent command by default, and hundreds of callers may want a slot at once.
-MAX_IN_FLIGHT = 16
 
 # Release and extend the lock only while we still own it (its value is our random owner token).
 _RELEASE = """
@@ -138,48 +133,7 @@ class RedisTokenStoreError(RedisUnavailableError, TokenStoreError):
     """
 
 
-def _describe(redis: Any) -> str:
-    """Where ``redis`` points, for messages: host, port and db, never a username or password."""
-    pool = getattr(redis, "connection_pool", None)
-    options = getattr(pool, "connection_kwargs", None)
-    if not isinstance(options, dict):
-        return "Redis"
-    if options.get("path"):
-        return f"Redis at unix socket {options['path']} db {options.get('db', 0)}"
-    host = options.get("host", "localhost")
-    host = f"[{host}]" if ":" in str(host) else host
-    return f"Redis at {host}:{options.get('port', 6379)} db {options.get('db', 0)}"
-
-
-class _RedisUser:
-    __slots__ = ("_error", "_gate", "_redis", "_where")
-
-    def __init__(self, redis: aioredis.Redis, error: type[RedisUnavailableError]) -> None:
-        self._redis = redis
-        self._where = _describe(redis)
-        self._error = error
-        self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-
-    def _fail(self, action: str, error: BaseException) -> NoReturn:
-        # Not chained: the message says everything, and a traceback of redis-py internals
-        # must not be the first thing an operator reads.
-        reason = str(error) or "no details"
-        raise self._error(
-            f"{self._where} failed while trying to {action}: {type(error).__name__}: {reason}. "
-            "rdfunnel does not fall back to local state; check that Redis is up and reachable"
-        ) from None
-
-    @contextlib.asynccontextmanager
-    async def _talking(self, action: str) -> AsyncIterator[None]:
-        """One Redis command: within the in-flight bound, its failures made clear."""
-        async with self._gate:
-            try:
-                yield
-            except _FAILURES as error:
-                self._fail(action, error)
-
-
-class RedisTokenStore(_RedisUser):
+class RedisTokenStore(RedisUser):
     """The token in Redis, refreshed under a lock in Redis: one refresh for every worker.
 
     ``key`` holds the token as JSON (``Token.to_dict``); ``<key>:lock`` is the refresh lock, taken
@@ -252,24 +206,13 @@ class RedisTokenStore(_RedisUser):
             raw = await self._redis.get(self._key)
         if raw is None:
             return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            # Not chained: a JSONDecodeError carries the whole document, secrets included.
-            raise TokenStoreError(
-                f"the token at key {self._key!r} in {self._where} is corrupt (not JSON); "
-                "delete it, then authorize again if needed"
-            ) from None
-        if not isinstance(data, dict):
-            raise TokenStoreError(
-                f"the token at key {self._key!r} in {self._where} is corrupt: not a JSON object"
-            )
-        try:
-            return Token.from_dict(data)
-        except ValueError as error:
-            raise TokenStoreError(
-                f"the token at key {self._key!r} in {self._where} is corrupt: {error}"
-            ) from None
+        return _decode_token(
+            raw,
+            f"the token at key {self._key!r} in {self._where}",
+            remedy="delete it",
+            not_an_object="not a JSON object",
+            parse_detail=False,
+        )
 
     async def save(self, token: Token) -> None:
         # Unconditional: a token the server has issued is the newest truth (with rotating
@@ -325,7 +268,7 @@ class RedisTokenStore(_RedisUser):
             try:
                 async with self._gate:
                     kept = await self._extend(keys=[self._lock_key], args=[owner, ttl_ms])
-            except _FAILURES as error:
+            except REDIS_FAILURES as error:
                 logger.warning(
                     "could not extend the token refresh lock %r in %s: %s: %s",
                     self._lock_key,
@@ -348,7 +291,7 @@ class RedisTokenStore(_RedisUser):
         try:
             async with self._gate:
                 await self._release(keys=[self._lock_key], args=[owner])
-        except _FAILURES as error:
+        except REDIS_FAILURES as error:
             logger.warning(
                 "could not release the token refresh lock %r in %s (it expires by itself "
                 "within %g s): %s: %s",
@@ -365,7 +308,7 @@ class RedisTokenStore(_RedisUser):
         task.add_done_callback(self._tasks.discard)
 
 
-class RedisRateLimiter(_RedisUser):
+class RedisRateLimiter(RedisUser):
     """An account-wide rate cap and 429 pause, shared through Redis by every worker.
 
     The cap is GCRA in one Lua script on the Redis server's clock: a request is admitted when the
