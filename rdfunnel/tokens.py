@@ -320,12 +320,7 @@ class FileTokenStore:
             return None
         except (OSError, UnicodeDecodeError) as error:
             raise TokenStoreError(f"cannot read token file {where!r}: {_reason(error)}") from None
-        return _decode_token(
-            text,
-            f"token file {where!r}",
-            remedy="fix or delete it",
-            not_an_object="expected a JSON object",
-        )
+        return _decode_token(text, f"token file {where!r}")
 
     def _write(self, token: Token) -> None:
         where = os.fspath(self.path)
@@ -376,23 +371,21 @@ def _json_reason(error: ValueError) -> str:
     return type(error).__name__
 
 
-def _decode_token(
-    raw: str | bytes, subject: str, *, remedy: str, not_an_object: str, parse_detail: bool = True
-) -> Token:
+def _decode_token(raw: str | bytes, subject: str) -> Token:
     """The token a store keeps as JSON; a corrupt one is a TokenStoreError naming ``subject``.
 
     One function for every store, so none chains the JSONDecodeError, which carries the whole
-    document, secrets included. The wording arguments keep each store's messages as they were.
+    document, secrets included.
     """
     try:
         data = json.loads(raw)
     except ValueError as error:
-        not_json = f"not JSON: {_json_reason(error)}" if parse_detail else "not JSON"
         raise TokenStoreError(
-            f"{subject} is corrupt ({not_json}); {remedy}, then authorize again if needed"
+            f"{subject} is corrupt (not JSON: {_json_reason(error)}); fix or delete it, then "
+            "authorize again if needed"
         ) from None
     if not isinstance(data, dict):
-        raise TokenStoreError(f"{subject} is corrupt: {not_an_object}")
+        raise TokenStoreError(f"{subject} is corrupt: expected a JSON object")
     try:
         return Token.from_dict(data)
     except ValueError as error:

@@ -160,7 +160,7 @@ async def test_store_corrupt_token_is_a_clear_error(rclient: aioredis.Redis, key
         await store.load()
     assert "secret" not in str(caught.value)
     await rclient.set(store.key, "[1]")
-    with pytest.raises(TokenStoreError, match="not a JSON object"):
+    with pytest.raises(TokenStoreError, match="expected a JSON object"):
         await store.load()
 
 

@@ -206,13 +206,7 @@ class RedisTokenStore(RedisUser):
             raw = await self._redis.get(self._key)
         if raw is None:
             return None
-        return _decode_token(
-            raw,
-            f"the token at key {self._key!r} in {self._where}",
-            remedy="delete it",
-            not_an_object="not a JSON object",
-            parse_detail=False,
-        )
+        return _decode_token(raw, f"the token at key {self._key!r} in {self._where}")
 
     async def save(self, token: Token) -> None:
         # Unconditional: a token the server has issued is the newest truth (with rotating
