@@ -7,7 +7,8 @@ exact bodies, and can fail the ways RD fails (:class:`Faults`) and push back as 
 """
 
 from ._config import Faults, Limits
+from ._contacts import FakeContact
 from ._server import FakeRDStation
-from ._state import FakeContact, Stats
+from ._stats import Stats
 
 __all__ = ["FakeContact", "FakeRDStation", "Faults", "Limits", "Stats"]

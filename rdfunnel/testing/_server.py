@@ -1,4 +1,5 @@
-"""`FakeRDStation`: the fake's lifecycle on 127.0.0.1 and the controls a test drives it with."""
+"""`FakeRDStation`: the fake assembled from its parts, its lifecycle on 127.0.0.1, and the controls
+a test drives it with."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 
 from ..models import LifecycleStage
-from ._app import Backend, ExpiredHeader
 from ._config import Faults, Limits
+from ._contacts import ContactBook, FakeContact
 from ._funnel import STAGES
-from ._state import FakeContact, Stats
+from ._gate import ExpiredHeader, Gate
+from ._oauth import OAuthRoutes, TokenBook
+from ._routes import ApiRoutes, application
+from ._stats import Counters, Stats
 
 if TYPE_CHECKING:
     from rdfunnel import RDStation
@@ -57,25 +61,37 @@ class FakeRDStation:
             raise ValueError(f"token_lifetime must be > 0, got {token_lifetime!r}")
         self._host = host
         self._port = port
-        self._backend = Backend(
-            client_id=client_id or "rdfunnel-fake-" + secrets.token_hex(6),
-            client_secret=client_secret or secrets.token_urlsafe(24),
-            token_lifetime=token_lifetime,
-            rotate_refresh_tokens=rotate_refresh_tokens,
-            auto_create=auto_create,
-            users=users,
-            account_name=account_name,
-            missing_owner=missing_owner,
-            expired_header=expired_header,
+        self._clock = clock
+        self._counters = Counters()
+        self._tokens = TokenBook(token_lifetime, rotate_refresh_tokens)
+        self._contacts = ContactBook(auto_create=auto_create, missing_owner=missing_owner)
+        self._gate = Gate(
+            tokens=self._tokens,
             clock=clock,
+            counters=self._counters,
             faults=faults or Faults(),
             limits=limits or Limits(),
+            expired_header=expired_header,
         )
-        self._refresh_token = self._backend.tokens.new_grant(refresh_token).refresh_token
+        self._oauth = OAuthRoutes(
+            client_id=client_id or "rdfunnel-fake-" + secrets.token_hex(6),
+            client_secret=client_secret or secrets.token_urlsafe(24),
+            tokens=self._tokens,
+            clock=clock,
+            counters=self._counters,
+        )
+        self._api = ApiRoutes(
+            contacts=self._contacts,
+            gate=self._gate,
+            counters=self._counters,
+            users=users,
+            account_name=account_name,
+        )
+        self._refresh_token = self._tokens.new_grant(refresh_token).refresh_token
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         if contacts:
-            self._backend.seed(contacts)
+            self._contacts.seed(contacts)
 
     def __repr__(self) -> str:
         return f"<FakeRDStation url={self._url or 'not started'}>"
@@ -87,7 +103,10 @@ class FakeRDStation:
         if self._runner is not None:
             raise RuntimeError("this FakeRDStation is already running")
         runner = web.AppRunner(
-            self._backend.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+            application(self._api, self._oauth),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=0.5,
         )
         await runner.setup()
         try:
@@ -104,7 +123,7 @@ class FakeRDStation:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        self._backend.wake_all()
+        self._gate.faults.wake_all()
         await runner.cleanup()
         self._url = None
 
@@ -131,11 +150,11 @@ class FakeRDStation:
 
     @property
     def client_id(self) -> str:
-        return self._backend.client_id
+        return self._oauth.client_id
 
     @property
     def client_secret(self) -> str:
-        return self._backend.client_secret
+        return self._oauth.client_secret
 
     @property
     def refresh_token(self) -> str:
@@ -158,12 +177,11 @@ class FakeRDStation:
 
     def issue_refresh_token(self) -> str:
         """A new valid refresh token, as if a user authorized the app again."""
-        return self._backend.tokens.new_grant().refresh_token
+        return self._tokens.new_grant().refresh_token
 
     def issue_access_token(self, lifetime: float | None = None) -> str:
         """A new valid access token (of its own grant), for clients given a bare token."""
-        backend = self._backend
-        return backend.tokens.issue_access(backend.tokens.new_grant(), backend.clock(), lifetime)
+        return self._tokens.issue_access(self._tokens.new_grant(), self._clock(), lifetime)
 
     # -- contacts ----------------------------------------------------------------------------
 
@@ -187,7 +205,7 @@ class FakeRDStation:
         stage = str(getattr(lifecycle_stage, "value", lifecycle_stage))
         if stage not in STAGES:
             raise ValueError(f"lifecycle_stage {stage!r} is not one of {sorted(STAGES)}")
-        record = self._backend.add_contact(
+        record = self._contacts.add(
             email,
             uuid,
             stage=stage,
@@ -203,13 +221,13 @@ class FakeRDStation:
     def contacts(self) -> Mapping[str, FakeContact]:
         """Every contact's funnel now, by email as added (a read-only snapshot)."""
         return MappingProxyType(
-            {record.email: record.snapshot() for record in self._backend.by_uuid.values()}
+            {record.email: record.snapshot() for record in self._contacts.by_uuid.values()}
         )
 
     def contact(self, key: str) -> FakeContact:
         """One contact's funnel now, by email (any case) or UUID; KeyError when unknown."""
-        backend = self._backend
-        record = backend.by_email.get(key.lower()) or backend.by_uuid.get(key.lower())
+        contacts = self._contacts
+        record = contacts.by_email.get(key.lower()) or contacts.by_uuid.get(key.lower())
         if record is None:
             raise KeyError(key)
         return record.snapshot()
@@ -220,7 +238,7 @@ class FakeRDStation:
         return MappingProxyType(
             {
                 record.email: tuple(record.puts)
-                for record in self._backend.by_uuid.values()
+                for record in self._contacts.by_uuid.values()
                 if record.puts
             }
         )
@@ -230,36 +248,34 @@ class FakeRDStation:
     @property
     def stats(self) -> Stats:
         """Requests by route and status, token grants, 429s and faults (a snapshot)."""
-        return self._backend.counters.snapshot()
+        return self._counters.snapshot()
 
     def reset_stats(self) -> None:
         """Zero every counter (e.g. after a warm-up)."""
-        counters = self._backend.counters
-        for counter in (counters.requests, counters.grants, counters.rate_limited, counters.faults):
-            counter.clear()
+        self._counters.clear()
 
     def expire_tokens(self) -> None:
         """Make every access token issued so far expired (refresh tokens stay valid)."""
-        self._backend.tokens.expire_all()
+        self._tokens.expire_all()
 
     def revoke_all(self) -> None:
         """Revoke every token and code, the initial refresh token included."""
-        self._backend.tokens.revoke_all()
+        self._tokens.revoke_all()
 
     @property
     def faults(self) -> Faults:
-        return self._backend.faults
+        return self._gate.faults.config
 
     @faults.setter
     def faults(self, faults: Faults) -> None:
         """Change faults, even while running; the random source restarts from the new seed."""
-        self._backend.set_faults(faults)
+        self._gate.faults.configure(faults)
 
     @property
     def limits(self) -> Limits:
-        return self._backend.limits
+        return self._gate.throttle.config
 
     @limits.setter
     def limits(self, limits: Limits) -> None:
         """Change rate limits, even while running; every window starts afresh."""
-        self._backend.set_limits(limits)
+        self._gate.throttle.configure(limits)
