@@ -1,7 +1,9 @@
 """The one path every request takes, API and token requests alike, one layer per concern:
 
 ``Pipeline.send``
-    records the attempts; ``_send_handling_retries`` obeys :meth:`RetryPolicy.decide`, waiting
+    reads the answer and records the attempts, on the result or on the error, in one place;
+``_send_handling_retries``
+    obeys :meth:`RetryPolicy.decide`, waiting
     (an account-wide 429 pauses every request of the client) and logging each retry.
 ``_send_handling_auth``
     API requests only: the bearer token, and a refresh and replay after a 401.
@@ -18,7 +20,8 @@ patches inside them) sees every attempt.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from .__about__ import __version__
 from ._clock import Clock
@@ -31,6 +34,8 @@ from .retry import RetryPolicy
 __all__ = ["USER_AGENT", "Pipeline", "TokenSource"]
 
 logger = logging.getLogger("rdfunnel")
+
+T = TypeVar("T")
 
 USER_AGENT = f"rdfunnel/{__version__}"
 
@@ -110,11 +115,13 @@ class Pipeline:
     async def send(
         self,
         request: Request,
+        read: Callable[[Answer], T],
         *,
         auth: TokenSource | None,
         resend_limiter: RateLimiter | None = None,
-    ) -> Answer:
-        """Send ``request`` until it succeeds or fails for good; the one place attempts are counted.
+    ) -> tuple[T, int]:
+        """Send ``request`` until it succeeds or fails for good: what ``read`` makes of the answer,
+        and how many times it was sent (also on any error raised, reading's included).
 
         ``auth`` (None for token requests) supplies the bearer token. ``resend_limiter`` is a
         further limiter every re-send must pass: a bulk run's own cap, whose engine admits first
@@ -123,12 +130,10 @@ class Pipeline:
         self._transport.session  # a closed client fails here, unsent  # noqa: B018
         call = _Call(request, auth, resend_limiter)
         try:
-            answer = await self._send_handling_retries(call)
+            return read(await self._send_handling_retries(call)), call.attempts
         except RDStationError as error:
             error.attempts = call.attempts
             raise
-        answer.attempts = call.attempts
-        return answer
 
     async def _send_handling_retries(self, call: _Call) -> Answer:
         while True:
@@ -179,12 +184,14 @@ class Pipeline:
             self._quotas.check(request.contact)  # fail at once, without waiting for a slot
         if call.attempts and call.resend_limiter is not None:
             await call.resend_limiter.acquire()
-        await self._limiter.acquire()
         if auth is not None:
+            # The token first: a refresh it waits for takes a rate slot of its own before ours.
             call.token = await auth.access_token()
+            await self._limiter.acquire()
             self._quotas.check(request.contact)  # spent while this request waited: never send it
             headers = self._bearer_headers(call.token)
         else:
+            await self._limiter.acquire()
             headers = {**(request.headers or {}), "User-Agent": self._user_agent}
         call.attempts += 1
         outcome = await self._transport.attempt(request, headers, self._retry.max_wait)

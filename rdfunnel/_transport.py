@@ -59,14 +59,12 @@ class Request:
 class Answer:
     """A successful (2xx) answer, its body not yet decoded."""
 
-    __slots__ = ("attempts", "body", "headers", "status")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
-        #: How many times the request was sent; set by the pipeline.
-        self.attempts = 0
 
     def json(self) -> Any:
         """The decoded body (None when empty); :class:`UnexpectedStatusError` if it is not JSON."""
@@ -75,14 +73,12 @@ class Answer:
         try:
             return loads(self.body)
         except ValueError:
-            error = UnexpectedStatusError(
+            raise UnexpectedStatusError(
                 self.status,
                 messages=("the response body is not JSON",),
                 body=self.body.decode("utf-8", "replace"),
                 headers=self.headers,
-            )
-            error.attempts = self.attempts
-            raise error from None
+            ) from None
 
 
 class Transport:

@@ -18,7 +18,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._pipeline import USER_AGENT, Pipeline
 from ._refresh import OnTokenRefresh, StaticToken, TokenManager
 from ._serde import ClearOwnerAs, dumps, funnel_from_json, update_to_json
-from ._transport import Request, Transport
+from ._transport import Answer, Request, Transport
 from ._urls import DEFAULT_BASE_URL, check_url
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
@@ -217,10 +217,9 @@ class RDStation:
             params=params,
             contact=contact,
         )
-        answer = await self._pipeline.send(
-            request, auth=self._tokens, resend_limiter=resend_limiter
+        return await self._pipeline.send(
+            request, Answer.json, auth=self._tokens, resend_limiter=resend_limiter
         )
-        return answer.json(), answer.attempts
 
 
 class _Send(Protocol):

@@ -161,11 +161,9 @@ class OAuthApp:
             token = Token.from_response(payload, now=now)
         except ValueError:
             # Never echo the body: it may hold a token.
-            error = APIError(
+            raise APIError(
                 answer.status, messages=("the token endpoint's answer holds no access token",)
-            )
-            error.attempts = answer.attempts
-            raise error from None
+            ) from None
         return token.for_app(self.client_id, self.token_url)
 
     def _credentials(self) -> dict[str, str]:
@@ -199,12 +197,20 @@ class TokenEndpoint:
 
     async def revoke(self, token: str, token_type_hint: str = "refresh_token") -> None:
         logger.debug("revoking the %s at %s", token_type_hint, self.app.revoke_url)
-        await self._pipeline.send(self.app.revoke_request(token, token_type_hint), auth=None)
+        await self._pipeline.send(
+            self.app.revoke_request(token, token_type_hint), _ignored, auth=None
+        )
 
     async def _token(self, request: Request) -> Token:
-        answer = await self._pipeline.send(request, auth=None)
-        now = datetime.fromtimestamp(self._pipeline.clock.time(), UTC)
-        return self.app.token_from(answer, now)
+        token, _ = await self._pipeline.send(request, self._token_from, auth=None)
+        return token
+
+    def _token_from(self, answer: Answer) -> Token:
+        return self.app.token_from(answer, datetime.fromtimestamp(self._pipeline.clock.time(), UTC))
+
+
+def _ignored(answer: Answer) -> None:
+    """A revocation's answer says nothing more than its status."""
 
 
 def _once(app: OAuthApp, session: aiohttp.ClientSession, clock: Clock) -> TokenEndpoint:
