@@ -25,9 +25,12 @@ from typing import Protocol, TypeVar
 
 from .__about__ import __version__
 from ._clock import Clock
+from ._observe import Observer
+from ._privacy import masked_path
 from ._quota import SpentQuotas
 from ._transport import Answer, Request, Transport
 from .errors import APIError, QuotaExceededError, RateLimitError, RDStationError
+from .events import AttemptEnded, CallEnded, CallStarted, ClientPaused, RateLimited, RetryScheduled
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 
@@ -62,7 +65,16 @@ class TokenSource(Protocol):
 class _Call:
     """One logical call's progress through the layers."""
 
-    __slots__ = ("attempts", "auth", "replayed", "request", "resend_limiter", "retries", "token")
+    __slots__ = (
+        "attempts",
+        "auth",
+        "replayed",
+        "request",
+        "resend_limiter",
+        "retries",
+        "status",
+        "token",
+    )
 
     def __init__(
         self, request: Request, auth: TokenSource | None, resend_limiter: RateLimiter | None
@@ -74,6 +86,7 @@ class _Call:
         self.retries = 0
         self.replayed = False
         self.token = ""
+        self.status: int | None = None  # the last answer's
 
 
 class Pipeline:
@@ -83,6 +96,7 @@ class Pipeline:
         "_bearer",
         "_clock",
         "_limiter",
+        "_observer",
         "_proven",
         "_quotas",
         "_retry",
@@ -97,9 +111,11 @@ class Pipeline:
         retry: RetryPolicy,
         limiter: RateLimiter,
         clock: Clock,
+        observer: Observer | None = None,
         user_agent: str = USER_AGENT,
     ) -> None:
         self._transport = transport
+        self._observer = observer or Observer()
         self._retry = retry
         self._limiter = limiter
         self._clock = clock
@@ -111,6 +127,10 @@ class Pipeline:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def observer(self) -> Observer:
+        return self._observer
 
     async def send(
         self,
@@ -129,11 +149,22 @@ class Pipeline:
         """
         self._transport.session  # a closed client fails here, unsent  # noqa: B018
         call = _Call(request, auth, resend_limiter)
+        observer = self._observer if self._observer.active else None
+        if observer is not None:
+            started = self._clock.monotonic()
+            observer.emit(CallStarted(**observer.request_fields(request)))
         try:
-            return read(await self._send_handling_retries(call)), call.attempts
-        except RDStationError as error:
-            error.attempts = call.attempts
+            value = read(await self._send_handling_retries(call))
+        except BaseException as error:
+            if isinstance(error, RDStationError):
+                error.attempts = call.attempts
+                error.contact = request.contact
+            if observer is not None:
+                self._call_ended(observer, call, started, error)
             raise
+        if observer is not None:
+            self._call_ended(observer, call, started, None)
+        return value, call.attempts
 
     async def _send_handling_retries(self, call: _Call) -> Answer:
         while True:
@@ -144,16 +175,10 @@ class Pipeline:
             if wait is None:
                 raise outcome
             call.retries += 1
-            logger.info(
-                "retrying %s %s in %.2f s (retry %d of %d) after %s",
-                call.request.method,
-                call.request.url.path,
-                wait,
-                call.retries,
-                self._retry.max_retries,
-                _reason(outcome),
-            )
+            self._retrying(call, _reason(outcome), wait)
             if isinstance(outcome, RateLimitError) and outcome.scope == "account":
+                if self._observer.active:
+                    self._observer.emit(ClientPaused(scope="account", seconds=wait))
                 await self._limiter.pause(wait)  # hold every request of this client, not just ours
             elif wait > 0:
                 await self._clock.sleep(wait)
@@ -177,27 +202,97 @@ class Pipeline:
                 return outcome
             call.retries += call.replayed
             call.replayed = True
+            if self._observer.active:
+                self._observer.emit(
+                    RetryScheduled(
+                        **self._observer.request_fields(call.request),
+                        retry=call.retries,
+                        reason="HTTP 401",
+                        wait=0.0,
+                    )
+                )
 
     async def _send_single(self, call: _Call) -> Answer | RDStationError:
         request, auth = call.request, call.auth
         if auth is not None:  # RD's quotas count API requests, not token requests
-            self._quotas.check(request.contact)  # fail at once, without waiting for a slot
+            self._quotas.check(request.key)  # fail at once, without waiting for a slot
         if call.attempts and call.resend_limiter is not None:
             await call.resend_limiter.acquire()
         if auth is not None:
             # The token first: a refresh it waits for takes a rate slot of its own before ours.
             call.token = await auth.access_token()
             await self._limiter.acquire()
-            self._quotas.check(request.contact)  # spent while this request waited: never send it
+            self._quotas.check(request.key)  # spent while this request waited: never send it
             headers = self._bearer_headers(call.token)
         else:
             await self._limiter.acquire()
             headers = {**(request.headers or {}), "User-Agent": self._user_agent}
         call.attempts += 1
+        observer = self._observer if self._observer.active else None
+        started = self._clock.monotonic() if observer is not None else 0.0
         outcome = await self._transport.attempt(request, headers, self._retry.max_wait)
+        call.status = outcome.status if isinstance(outcome, _ANSWERED) else None
+        if observer is not None:
+            self._attempt_ended(observer, call, outcome, self._clock.monotonic() - started)
         if auth is not None and isinstance(outcome, QuotaExceededError):
-            self._quotas.note(outcome, request.contact)
+            self._quotas.note(outcome, request.key)
         return outcome
+
+    def _retrying(self, call: _Call, reason: str, wait: float) -> None:
+        observer, request = self._observer, call.request
+        if observer.active:
+            fields = observer.request_fields(request)
+            observer.emit(RetryScheduled(**fields, retry=call.retries, reason=reason, wait=wait))
+        if logger.isEnabledFor(logging.INFO):
+            where = masked_path(request.url.path)  # LGPD: never a contact's address in a log
+            logger.info(
+                "retrying %s %s in %.2f s (retry %d of %d) after %s",
+                request.method,
+                where,
+                wait,
+                call.retries,
+                self._retry.max_retries,
+                reason,
+                extra={
+                    "event": "retry_scheduled",
+                    **observer.request_fields(request),
+                    "retry": call.retries,
+                    "reason": reason,
+                    "wait": wait,
+                },
+            )
+
+    def _attempt_ended(
+        self, observer: Observer, call: _Call, outcome: Answer | RDStationError, duration: float
+    ) -> None:
+        fields = observer.request_fields(call.request)
+        error = None if isinstance(outcome, Answer) else type(outcome).__name__
+        observer.emit(
+            AttemptEnded(
+                **fields,
+                attempt=call.attempts,
+                duration=duration,
+                status=call.status,
+                error=error,
+            )
+        )
+        if isinstance(outcome, RateLimitError):
+            observer.emit(
+                RateLimited(**fields, scope=outcome.scope, retry_after=outcome.retry_after)
+            )
+
+    def _call_ended(
+        self, observer: Observer, call: _Call, started: float, error: BaseException | None
+    ) -> None:
+        observer.emit(
+            CallEnded(
+                **observer.request_fields(call.request),
+                duration=self._clock.monotonic() - started,
+                attempts=call.attempts,
+                status=call.status,
+                error=None if error is None else type(error).__name__,
+            )
+        )
 
     def _bearer_headers(self, token: str) -> dict[str, str]:
         cached_token, headers = self._bearer

@@ -13,11 +13,14 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import Literal
 from urllib.parse import urlsplit
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._observe import Observer
 from ._pipeline import TokenSource
 from .errors import AuthenticationError, RDStationError, TokenRefusedError, ValidationError
+from .events import TokenRefreshed
 from .oauth import TokenEndpoint
 from .tokens import Token, TokenAppMismatchError, TokenStore, TokenStoreError
 
@@ -61,6 +64,8 @@ class StaticToken:
         return None
 
 
+_Outcome = Literal["ok", "refused", "failed"]
+
 #: Called with every new token once it is saved; may be a coroutine function.
 OnTokenRefresh = Callable[[Token], Awaitable[None] | None]
 
@@ -90,6 +95,7 @@ class TokenManager:
         "_inflight",
         "_last_refused",
         "_leeway",
+        "_observer",
         "_on_token_refresh",
         "_refresh_at",
         "_refused",
@@ -97,6 +103,7 @@ class TokenManager:
         "_seed_refresh_token",
         "_store",
         "_token",
+        "_waiters",
         "hook_error",
     )
 
@@ -106,6 +113,7 @@ class TokenManager:
         store: TokenStore,
         endpoint: TokenEndpoint,
         clock: Clock = SYSTEM_CLOCK,
+        observer: Observer | None = None,
         on_token_refresh: OnTokenRefresh | None = None,
         leeway: float = 300.0,
         token: Token | None = None,
@@ -114,6 +122,8 @@ class TokenManager:
         self._store = store
         self._endpoint = endpoint
         self._clock = clock
+        self._observer = observer or Observer()
+        self._waiters = 0  # calls waiting for the renewal in flight
         self._on_token_refresh = on_token_refresh
         self._leeway = leeway
         self._seed = token
@@ -194,7 +204,7 @@ class TokenManager:
             await self._endpoint.revoke(token.refresh_token, "refresh_token")
         else:
             await self._endpoint.revoke(token.access_token, "access_token")
-        logger.info("token revoked")
+        logger.info("token revoked", extra={"event": "token_revoked"})
 
     async def _renew(self, rejected: str | None) -> None:
         """Join the renewal in flight, or start one.
@@ -203,6 +213,7 @@ class TokenManager:
         a token the server has already rotated); its event wakes every caller in one step.
         """
         task, finished = self._inflight or self._start_renewal(rejected)
+        self._waiters += 1
         await finished.wait()
         if task.cancelled():  # the loop shutting down, say: not this caller's cancellation
             raise RDStationError("the token refresh was cancelled before it finished")
@@ -217,6 +228,7 @@ class TokenManager:
         self, rejected: str | None, *, background: bool = False
     ) -> tuple[asyncio.Task[None], asyncio.Event]:
         finished = asyncio.Event()
+        self._waiters = 0
         task = asyncio.create_task(self._renew_locked(rejected))
         # A done callback, not a ``finally``: it runs even for a task cancelled before it started.
         task.add_done_callback(functools.partial(self._renewal_done, finished, background))
@@ -236,7 +248,12 @@ class TokenManager:
             self._refresh_at = self._expires_at  # asking again cannot help: it surfaces at expiry
         elif self._refresh_at <= now:  # the token in hand still works: try again a little later
             self._refresh_at = min(now + _RETRY_BACKGROUND_REFRESH, self._expires_at)
-        logger.warning("background token refresh failed: %s: %s", type(error).__name__, error)
+        logger.warning(
+            "background token refresh failed: %s: %s",
+            type(error).__name__,
+            error,
+            extra={"event": "token_refresh_failed", "error": type(error).__name__},
+        )
 
     async def _renew_locked(self, rejected: str | None) -> None:
         async with self._store.lock():
@@ -248,7 +265,10 @@ class TokenManager:
                     if stored is None:  # seed an empty store
                         await self._store.save(self._stamped(current))
                     if previous is not None and previous != current.access_token:
-                        logger.debug("using the access token found in the store")
+                        logger.debug(
+                            "using the access token found in the store",
+                            extra={"event": "token_from_store"},
+                        )
                     return
             refresh_token = (current and current.refresh_token) or self._seed_refresh_token
             if refresh_token is None:
@@ -262,7 +282,11 @@ class TokenManager:
             token = await self._request(refresh_token)
             await self._store.save(token)
             self._adopt(token)
-        logger.info("access token refreshed, expires at %s", _when(token))
+        logger.info(
+            "access token refreshed, expires at %s",
+            _when(token),
+            extra={"event": "token_refreshed", "expires_at": _when(token)},
+        )
         if self._on_token_refresh is not None:
             await self._call_hook(self._on_token_refresh, token)
 
@@ -278,6 +302,7 @@ class TokenManager:
                 "on_token_refresh raised %s; the new token is saved and in use",
                 type(error).__name__,
                 exc_info=True,
+                extra={"event": "hook_failed", "hook": "on_token_refresh"},
             )
         else:
             self.hook_error = None
@@ -333,12 +358,38 @@ class TokenManager:
         dead = self._dead_refresh_token
         if dead is not None and dead[0] == refresh_token:
             raise copy.copy(dead[1])  # refused before: asking again cannot help
+        started = self._clock.monotonic()
         try:
-            return await self._endpoint.refresh(refresh_token)
+            token = await self._endpoint.refresh(refresh_token)
         except AuthenticationError as error:
             self._dead_refresh_token = (refresh_token, error)
-            logger.error("token refresh refused: %s", error)
+            self._refreshed("refused", started, error)
+            logger.error(
+                "token refresh refused: %s",
+                error,
+                extra={"event": "token_refresh_refused", "error": type(error).__name__},
+            )
             raise
+        except BaseException as error:
+            self._refreshed("failed", started, error)
+            raise
+        self._refreshed("ok", started, None)
+        return token
+
+    def _refreshed(
+        self,
+        outcome: Literal["ok", "refused", "failed"],
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        if self._observer.active:
+            event = TokenRefreshed(
+                outcome=outcome,
+                duration=self._clock.monotonic() - started,
+                waiters=self._waiters,
+                error=None if error is None else type(error).__name__,
+            )
+            self._observer.emit(event)
 
 
 def _host(url: str) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from ._privacy import masked_path, scrub
 from ._serde import loads
 from .errors import (
     RDStationError,
@@ -21,35 +22,59 @@ from .errors import (
     UnexpectedStatusError,
     error_from_response,
 )
-from .models import ContactKey
+from .models import Contact, ContactKey
 
 __all__ = ["Answer", "Request", "Transport"]
 
 
 class Request:
-    """One request, as each of its attempts sends it (API requests get bearer headers added)."""
+    """One request, as each of its attempts sends it (API requests get bearer headers added),
+    and what instrumentation says of it: the operation, the route, whom it is about."""
 
-    __slots__ = ("contact", "data", "headers", "method", "params", "redirects", "timeout", "url")
+    __slots__ = (
+        "bulk_run",
+        "contact",
+        "data",
+        "headers",
+        "key",
+        "method",
+        "operation",
+        "params",
+        "redirects",
+        "route",
+        "timeout",
+        "url",
+    )
 
     def __init__(
         self,
         method: str,
         url: URL,
         *,
+        operation: str,
+        route: str,
         data: bytes | str | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        contact: ContactKey | None = None,
+        contact: Contact | None = None,
+        bulk_run: int | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         redirects: bool = True,
     ) -> None:
         self.method = method
         self.url = url
+        #: ``funnels.get``, ``token.refresh``, ...: what the caller asked for.
+        self.operation = operation
+        #: The path with placeholders for contacts: a metric label, never personal data.
+        self.route = route
         self.data = data
         self.params = params
         self.headers = headers
-        #: Whose quota the request counts against, besides the account's.
+        #: Whom the request is about, and the key of the quota it counts against (besides the
+        #: account's).
         self.contact = contact
+        self.key: ContactKey | None = contact.key if contact is not None else None
+        self.bulk_run = bulk_run
         #: None: the transport's own.
         self.timeout = timeout
         #: Whether to follow redirects: never for token requests, whose bodies hold secrets.
@@ -136,10 +161,13 @@ class Transport:
                     return Answer(status, response.headers, body)
                 return error_from_response(status, response.headers, body, max_wait=max_wait)
         except TimeoutError:
+            where = masked_path(request.url.path)  # never a contact's address in a message
             return RequestTimeoutError(
-                f"{request.method} {request.url.path} got no answer within {timeout.total} s"
+                f"{request.method} {where} got no answer within {timeout.total} s"
             )
         except aiohttp.ClientError as exc:
+            where = masked_path(request.url.path)
+            reason = scrub(str(exc))  # aiohttp may quote the URL
             return TransportError(
-                f"{request.method} {request.url.path} failed: {type(exc).__name__}: {exc}"
+                f"{request.method} {where} failed: {type(exc).__name__}: {reason}"
             )

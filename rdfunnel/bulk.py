@@ -25,11 +25,12 @@ from collections.abc import (
 )
 from time import monotonic
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import attrs
 
 from .errors import NotAttemptedError, RDStationError, ValidationError
+from .events import BulkEnded, BulkProgress, BulkStarted, Event
 from .models import Contact, ContactKey, Funnel, FunnelUpdate
 from .ratelimit import RateLimiter
 
@@ -95,6 +96,8 @@ class BulkRun:
         limiter: RateLimiter | None = None,
         on_progress: Callable[[BulkSummary], object] | None = None,
         lookahead: int | None = None,
+        observe: Callable[[Event], None] | None = None,
+        bulk_run: int = 0,
     ) -> None:
         _check_count("concurrency", concurrency, 1)
         if lookahead is None:
@@ -105,6 +108,9 @@ class BulkRun:
         self._window = concurrency + lookahead
         self._limiter = limiter
         self._on_progress = on_progress
+        #: The client's instrumentation (None: no hooks), and this run's number for it.
+        self._observe = observe
+        self._bulk_run = bulk_run
         self._input: Iterator[Any] | AsyncIterator[Any] = (
             aiter(changes) if isinstance(changes, AsyncIterable) else iter(changes)
         )
@@ -180,6 +186,8 @@ class BulkRun:
             await self._shutdown()
 
     def _start(self) -> None:
+        if self._observe is not None:
+            self._observe(BulkStarted(bulk_run=self._bulk_run, concurrency=self._concurrency))
         self._started_at = monotonic()
         self._running = self._concurrency
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
@@ -192,19 +200,32 @@ class BulkRun:
         self._workers = []
         if self._finished_at is None and self._started_at is not None:
             self._finished_at = monotonic()
+            if self._observe is not None:
+                stopped = self._stopped_by or self._failure
+                reason = None if stopped is None else type(stopped).__name__
+                self._observe(
+                    BulkEnded(bulk_run=self._bulk_run, summary=self.summary, stop_reason=reason)
+                )
 
     def _count(self, result: BulkResult) -> None:
+        outcome: Literal["succeeded", "failed", "not_attempted"]
         if result.ok:
             self._succeeded += 1
+            outcome = "succeeded"
         elif isinstance(result.error, NotAttemptedError):
             self._not_attempted += 1
+            outcome = "not_attempted"
         else:
             self._failed += 1
+            outcome = "failed"
         if result.error is not None:
             self._errors[type(result.error).__name__] += 1
         self._retries += max(result.attempts - 1, 0)
         if self._on_progress is not None:
             self._on_progress(self.summary)
+        if self._observe is not None:
+            summary = self.summary
+            self._observe(BulkProgress(bulk_run=self._bulk_run, outcome=outcome, summary=summary))
 
     async def _work(self) -> None:
         try:

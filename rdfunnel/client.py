@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import quote
@@ -15,14 +16,16 @@ from yarl import URL
 
 from . import _credentials
 from ._clock import SYSTEM_CLOCK, Clock
+from ._observe import Hook, Observer
 from ._pipeline import USER_AGENT, Pipeline
+from ._privacy import FUNNEL_ROUTE, route_of
 from ._refresh import OnTokenRefresh, StaticToken, TokenManager
 from ._serde import ClearOwnerAs, dumps, funnel_from_json, update_to_json
 from ._transport import Answer, Request, Transport
 from ._urls import DEFAULT_BASE_URL, check_url
 from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
-from .models import NOT_SET, Contact, ContactKey, Funnel, FunnelUpdate, LifecycleStage, NotSet
+from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
 from .oauth import OAuthApp, TokenEndpoint, TokenStyle
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
@@ -60,6 +63,8 @@ class RDStation:
         rate_limiter: RateLimiter | None = None,
         clear_owner_as: ClearOwnerAs = "string",
         clock: Clock = SYSTEM_CLOCK,
+        hooks: Iterable[Hook] = (),
+        log_contacts: bool = False,
     ) -> None:
         _check_optional_str("token_url", token_url)
         _check_type("session", session, aiohttp.ClientSession)
@@ -70,6 +75,7 @@ class RDStation:
             raise ValidationError(f"rate_limiter must be a RateLimiter, got {rate_limiter!r}")
         if not callable(getattr(clock, "sleep", None)):
             raise ValidationError(f"clock must be a Clock, got {clock!r}")
+        hooks = _checked_hooks(hooks)
         if timeout is not None:
             timeout = _check_seconds("timeout", timeout, zero=False)
         refresh_leeway = _check_seconds("refresh_leeway", refresh_leeway)
@@ -99,6 +105,7 @@ class RDStation:
             retry=retry or RetryPolicy(),
             limiter=rate_limiter or LocalRateLimiter(max_rate, clock=clock),
             clock=clock,
+            observer=Observer(hooks, log_contacts=log_contacts),
         )
         self._tokens = _token_source(
             credentials,
@@ -110,7 +117,7 @@ class RDStation:
             on_token_refresh=on_token_refresh,
             refresh_leeway=refresh_leeway,
         )
-        self.funnels = Funnels(self._send, clear_owner_as, clock)
+        self.funnels = Funnels(self._send, clear_owner_as, clock, self._pipeline.observer)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RDStation:
@@ -187,7 +194,15 @@ class RDStation:
             raise ValidationError(f"path must be a str starting with '/', got {path!r}")
         if params is not None and not isinstance(params, Mapping):
             raise ValidationError(f"params must be a mapping, got {params!r}")
-        payload, _ = await self._send(method.upper(), path, json=json, params=params, encoded=False)
+        payload, _ = await self._send(
+            method.upper(),
+            path,
+            operation="request",
+            route=route_of(path),
+            json=json,
+            params=params,
+            encoded=False,
+        )
         return payload
 
     async def account_info(self) -> dict[str, Any]:
@@ -200,10 +215,13 @@ class RDStation:
         method: str,
         path: str,
         *,
+        operation: str,
+        route: str,
         json: Any = None,
         params: Mapping[str, str] | None = None,
         encoded: bool = True,
-        contact: ContactKey | None = None,
+        contact: Contact | None = None,
+        bulk_run: int | None = None,
         resend_limiter: RateLimiter | None = None,
     ) -> tuple[Any, int]:
         """One API request through the pipeline: its decoded JSON body and how often it was sent.
@@ -213,9 +231,12 @@ class RDStation:
         request = Request(
             method,
             URL(self._base_url + path, encoded=encoded),
+            operation=operation,
+            route=route,
             data=None if json is None else dumps(json),
             params=params,
             contact=contact,
+            bulk_run=bulk_run,
         )
         return await self._pipeline.send(
             request, Answer.json, auth=self._tokens, resend_limiter=resend_limiter
@@ -228,8 +249,11 @@ class _Send(Protocol):
         method: str,
         path: str,
         *,
+        operation: str,
+        route: str,
         json: Any = None,
-        contact: ContactKey | None = None,
+        contact: Contact | None = None,
+        bulk_run: int | None = None,
         resend_limiter: RateLimiter | None = None,
     ) -> Awaitable[tuple[Any, int]]: ...
 
@@ -237,17 +261,24 @@ class _Send(Protocol):
 class Funnels:
     """``rd.funnels``: read and change where contacts stand in the funnel."""
 
-    __slots__ = ("_clear_owner_as", "_clock", "_send")
+    __slots__ = ("_bulk_runs", "_clear_owner_as", "_clock", "_observer", "_send")
 
-    def __init__(self, send: _Send, clear_owner_as: ClearOwnerAs, clock: Clock) -> None:
+    def __init__(
+        self, send: _Send, clear_owner_as: ClearOwnerAs, clock: Clock, observer: Observer
+    ) -> None:
         self._send = send
         self._clear_owner_as = clear_owner_as
         self._clock = clock
+        self._observer = observer
+        self._bulk_runs = itertools.count(1)
 
     async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
         """Where ``contact`` stands in ``funnel``."""
         contact = Contact.parse(contact)
-        payload, _ = await self._send("GET", funnel_path(contact, funnel), contact=contact.key)
+        path = funnel_path(contact, funnel)
+        payload, _ = await self._send(
+            "GET", path, operation="funnels.get", route=FUNNEL_ROUTE, contact=contact
+        )
         return funnel_from_json(payload)
 
     async def update(
@@ -297,7 +328,11 @@ class Funnels:
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.
         limiter = LocalRateLimiter(max_rate, clock=self._clock) if max_rate is not None else None
-        apply = functools.partial(self._apply, funnel=funnel, resend_limiter=limiter)
+        bulk_run = next(self._bulk_runs)
+        apply = functools.partial(
+            self._apply, funnel=funnel, resend_limiter=limiter, bulk_run=bulk_run
+        )
+        observer = self._observer
         return BulkRun(
             changes,
             apply,
@@ -305,6 +340,8 @@ class Funnels:
             limiter=limiter,
             on_progress=on_progress,
             lookahead=lookahead,
+            observe=observer.emit if observer.active else None,
+            bulk_run=bulk_run,
         )
 
     async def _apply(
@@ -313,6 +350,7 @@ class Funnels:
         update: FunnelUpdate,
         *,
         funnel: str = "default",
+        bulk_run: int | None = None,
         resend_limiter: RateLimiter | None = None,
     ) -> tuple[Funnel, int]:
         """Send one update; return the stored funnel and how many attempts it took."""
@@ -322,7 +360,14 @@ class Funnels:
         path = funnel_path(contact, funnel)
         body = update_to_json(update, self._clear_owner_as)
         payload, attempts = await self._send(
-            "PUT", path, json=body, contact=contact.key, resend_limiter=resend_limiter
+            "PUT",
+            path,
+            operation="funnels.update",
+            route=FUNNEL_ROUTE,
+            json=body,
+            contact=contact,
+            bulk_run=bulk_run,
+            resend_limiter=resend_limiter,
         )
         return funnel_from_json(payload), attempts
 
@@ -353,11 +398,22 @@ def _token_source(
         store=credentials.token_store or MemoryTokenStore(),
         endpoint=TokenEndpoint(app, pipeline),
         clock=pipeline.clock,
+        observer=pipeline.observer,
         on_token_refresh=on_token_refresh,
         leeway=refresh_leeway,
         token=credentials.token,
         refresh_token=credentials.refresh_token,
     )
+
+
+def _checked_hooks(hooks: object) -> tuple[Hook, ...]:
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+        raise ValidationError(f"hooks must be a list of callables, got {hooks!r}")
+    checked = tuple(hooks)
+    for hook in checked:
+        if not callable(hook):
+            raise ValidationError(f"each hook must be callable, got {hook!r}")
+    return checked
 
 
 def _check_optional_str(name: str, value: object) -> None:

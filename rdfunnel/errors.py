@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from multidict import CIMultiDict
 
 from .retry import parse_wait_hint
+
+if TYPE_CHECKING:
+    from .models import Contact
 
 __all__ = [
     "APIError",
@@ -52,6 +55,9 @@ class RDStationError(Exception):
     terminal: bool = False
     #: How many times the request was sent before this error was raised (0: never sent).
     attempts: int = 0
+    #: The contact the request was about (a :class:`~rdfunnel.Contact`), or None. Messages
+    #: never show it in full: contacts are personal data.
+    contact: Contact | None = None
 
 
 class ValidationError(RDStationError, ValueError):

@@ -133,24 +133,26 @@ class OAuthApp:
     def code_request(self, code: str, redirect_uri: str | None = None) -> Request:
         if self.style == "json":
             url = URL(self.token_url).update_query(token_by="code")
-            return self._post(url, _JSON, dumps({**self._credentials(), "code": code}))
+            body = dumps({**self._credentials(), "code": code})
+            return self._post("token.exchange", url, _JSON, body)
         form = prepare_token_request(
             "authorization_code", redirect_uri=redirect_uri, code=code, **self._credentials()
         )
-        return self._post(URL(self.token_url), _FORM, form)
+        return self._post("token.exchange", URL(self.token_url), _FORM, form)
 
     def refresh_request(self, refresh_token: str) -> Request:
         if self.style == "json":
             body = dumps({**self._credentials(), "refresh_token": refresh_token})
-            return self._post(URL(self.token_url), _JSON, body)
+            return self._post("token.refresh", URL(self.token_url), _JSON, body)
         form = prepare_token_request(
             "refresh_token", refresh_token=refresh_token, **self._credentials()
         )
-        return self._post(URL(self.token_url), _FORM, form)
+        return self._post("token.refresh", URL(self.token_url), _FORM, form)
 
     def revoke_request(self, token: str, token_type_hint: str) -> Request:
         body, headers = prepare_revoke_token_request(token, token_type_hint)
-        return self._post(URL(self.revoke_url), {**headers, "Accept": "application/json"}, body)
+        headers = {**headers, "Accept": "application/json"}
+        return self._post("token.revoke", URL(self.revoke_url), headers, body)
 
     def token_from(self, answer: Answer, now: datetime) -> Token:
         """The token in a token endpoint's answer, stamped with this app."""
@@ -169,9 +171,19 @@ class OAuthApp:
     def _credentials(self) -> dict[str, str]:
         return {"client_id": self.client_id, "client_secret": self.client_secret}
 
-    def _post(self, url: URL, headers: Mapping[str, str], body: bytes | str) -> Request:
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        return Request("POST", url, data=body, headers=headers, timeout=timeout, redirects=False)
+    def _post(
+        self, operation: str, url: URL, headers: Mapping[str, str], body: bytes | str
+    ) -> Request:
+        return Request(
+            "POST",
+            url,
+            operation=operation,
+            route=url.path,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            redirects=False,
+        )
 
 
 class TokenEndpoint:
@@ -185,18 +197,33 @@ class TokenEndpoint:
         self._pipeline = pipeline
 
     async def exchange_code(self, code: str, redirect_uri: str | None = None) -> Token:
-        logger.debug("code exchange (%s style) at %s", self.app.style, self.app.token_url)
+        logger.debug(
+            "code exchange (%s style) at %s",
+            self.app.style,
+            self.app.token_url,
+            extra={"event": "token_request", "operation": "token.exchange"},
+        )
         return await self._token(self.app.code_request(code, redirect_uri))
 
     async def refresh(self, refresh_token: str) -> Token:
-        logger.debug("token refresh (%s style) at %s", self.app.style, self.app.token_url)
+        logger.debug(
+            "token refresh (%s style) at %s",
+            self.app.style,
+            self.app.token_url,
+            extra={"event": "token_request", "operation": "token.refresh"},
+        )
         token = await self._token(self.app.refresh_request(refresh_token))
         if token.refresh_token is None:
             token = attrs.evolve(token, refresh_token=refresh_token)
         return token
 
     async def revoke(self, token: str, token_type_hint: str = "refresh_token") -> None:
-        logger.debug("revoking the %s at %s", token_type_hint, self.app.revoke_url)
+        logger.debug(
+            "revoking the %s at %s",
+            token_type_hint,
+            self.app.revoke_url,
+            extra={"event": "token_request", "operation": "token.revoke"},
+        )
         await self._pipeline.send(
             self.app.revoke_request(token, token_type_hint), _ignored, auth=None
         )

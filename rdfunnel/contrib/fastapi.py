@@ -46,6 +46,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from rdfunnel import RDStation
+from rdfunnel._privacy import scrub
 from rdfunnel.errors import (
     APIError,
     AuthenticationError,
@@ -221,7 +222,14 @@ def error_response(exc: RDStationError) -> JSONResponse:
     status, body, headers = _answer(exc)
     if status >= 500:
         log = logger.error if status == 500 else logger.warning
-        log("answering %d for %s: %s", status, type(exc).__name__, exc, exc_info=status == 500)
+        log(
+            "answering %d for %s: %s",
+            status,
+            type(exc).__name__,
+            scrub(str(exc)),
+            exc_info=status == 500,
+            extra={"event": "answered_error", "status": status, "error": type(exc).__name__},
+        )
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -245,7 +245,11 @@ class RedisTokenStore(RedisUser):
                 return
             if not waited:
                 waited = True
-                logger.debug("waiting for another worker's token refresh (%s)", self._lock_key)
+                logger.debug(
+                    "waiting for another worker's token refresh (%s)",
+                    self._lock_key,
+                    extra={"event": "token_lock_wait"},
+                )
             if deadline is not None and loop.time() >= deadline:
                 raise TokenStoreError(
                     f"waited {self._wait:g} s for the token refresh lock {self._lock_key!r} in "
@@ -269,6 +273,7 @@ class RedisTokenStore(RedisUser):
                     self._where,
                     type(error).__name__,
                     error,
+                    extra={"event": "token_lock_extend_failed", "error": type(error).__name__},
                 )
                 continue
             if not kept:
@@ -278,6 +283,7 @@ class RedisTokenStore(RedisUser):
                     self._lock_key,
                     self._where,
                     self._ttl,
+                    extra={"event": "token_lock_lost"},
                 )
                 return
 
@@ -294,6 +300,7 @@ class RedisTokenStore(RedisUser):
                 self._ttl,
                 type(error).__name__,
                 error,
+                extra={"event": "token_lock_release_failed", "error": type(error).__name__},
             )
 
     def _release_later(self, owner: str) -> None:
