@@ -111,6 +111,28 @@ def cpu(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> N
             cpu_scenario(report, cfg, method, reps, httpx=method == "GET")
 
 
+def hooks(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> None:
+    """What instrumentation costs: each instrumented client against its peer, in the same run."""
+    with fake_server("--contacts", str(size(20_000))) as fake:
+        cfg = {**fake, "n": size(20_000), "concurrency": 50, "method": "GET"}
+        impls = ["raw", "rdfunnel", "rdfunnel_prometheus", "raw_otel", "rdfunnel_otel"]
+        runs = interleaved(impls, cfg, reps)
+    cpu_of = {impl: median(runs[impl], "cpu") for impl in impls}
+    name = f"{cfg['n']:,} funnel GETs, concurrency 50"
+    for impl, peer, label, target in (
+        ("rdfunnel", "raw", "no hooks / raw aiohttp", 1.25),
+        ("rdfunnel_prometheus", "raw", "PrometheusHooks / raw aiohttp", 1.15),
+        ("rdfunnel_otel", "raw_otel", "OpenTelemetryHooks / raw aiohttp + its instrumentor", 1.25),
+    ):
+        ratio = cpu_of[impl] / cpu_of[peer]
+        report.add(name, f"client CPU s, {label}", ratio, f"<= {target}", ratio <= target)
+    report.notes.append(
+        f"{name}, instrumented (OpenTelemetry SDK tracer with a batch processor and an exporter "
+        "that drops spans, an SDK meter never collected): "
+        + ", ".join(f"{impl} {seconds:.2f} CPU s" for impl, seconds in cpu_of.items())
+    )
+
+
 def memory(report: Report, size: Callable[[int], int], reps: int, quick: bool) -> None:
     small, big = size(10_000), size(200_000)
     with fake_server("--contacts", str(big)) as fake:
@@ -228,6 +250,7 @@ def token(report: Report, size: Callable[[int], int], reps: int, quick: bool) ->
 SCENARIOS = {
     "cpu": cpu,
     "memory": memory,
+    "hooks": hooks,
     "latency": latency,
     "grouped": grouped,
     "rates": rates,

@@ -109,7 +109,8 @@ def client(cfg: dict[str, Any], **kwargs: Any) -> RDStation:
 
 async def rdfunnel(cfg: dict[str, Any]) -> dict[str, Any]:
     method, n, c = cfg["method"], cfg["n"], cfg["concurrency"]
-    async with _session(c) as session, client(cfg, session=session) as rd:
+    hooks = cfg.get("hooks", ())
+    async with _session(c) as session, client(cfg, session=session, hooks=hooks) as rd:
 
         async def one(i: int) -> None:
             email = f"contact-{i}@example.com"
@@ -187,6 +188,55 @@ async def bulk(cfg: dict[str, Any]) -> dict[str, Any]:
     await session.close()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+# -- instrumented: rdfunnel's hooks against raw aiohttp with OpenTelemetry's own instrumentor --
+
+
+def otel_providers() -> tuple[Any, Any]:
+    """An SDK tracer and meter whose exporter does nothing: the SDK's cost, not an exporter's."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class NoExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(NoExporter()))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+async def raw_otel(cfg: dict[str, Any]) -> dict[str, Any]:
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
+    tracer_provider, meter_provider = otel_providers()
+    AioHttpClientInstrumentor().instrument(
+        tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    return await raw(cfg)
+
+
+async def rdfunnel_otel(cfg: dict[str, Any]) -> dict[str, Any]:
+    from rdfunnel.contrib.otel import OpenTelemetryHooks
+
+    tracer_provider, meter_provider = otel_providers()
+    hooks = OpenTelemetryHooks(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return await rdfunnel({**cfg, "hooks": [hooks]})
+
+
+async def rdfunnel_prometheus(cfg: dict[str, Any]) -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry
+
+    from rdfunnel.contrib.prometheus import PrometheusHooks
+
+    return await rdfunnel({**cfg, "hooks": [PrometheusHooks(registry=CollectorRegistry())]})
 
 
 # -- httpx + authlib: what a user would otherwise pick ---------------------------------------
@@ -332,6 +382,9 @@ IMPLS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "grouped": lambda cfg: bulk({**cfg, "order": "grouped"}),
     "interleaved": lambda cfg: bulk({**cfg, "order": "interleaved"}),
     "httpx": httpx_authlib,
+    "raw_otel": raw_otel,
+    "rdfunnel_otel": rdfunnel_otel,
+    "rdfunnel_prometheus": rdfunnel_prometheus,
     "expired": expired,
     "round_trip": round_trip,
 }
