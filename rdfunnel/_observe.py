@@ -2,8 +2,9 @@
 
 A hook is any callable taking an :mod:`rdfunnel.events` event; one that returns an awaitable has
 it run as a task of its own. A hook that raises is logged (with its traceback the first time)
-and never fails the call it watches. With no hooks, nothing here runs on the hot path: callers
-test :attr:`Observer.active` before they build an event.
+and never fails the call it watches. A hook may say which kinds of event it handles (an
+``rdfunnel_events`` attribute, a collection of event classes): events no hook wants are never built.
+Callers ask :meth:`Observer.wants` first, so with no hooks nothing here runs on the hot path.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._privacy import masked_contact
-from ._transport import Request
-from .events import Event
+from .events import EVENT_TYPES, Event
+
+if TYPE_CHECKING:
+    from ._transport import Request
 
 __all__ = ["Hook", "Observer", "fields"]
 
@@ -31,15 +34,23 @@ Hook = Callable[[Event], object]
 class Observer:
     """One client's hooks, and whether contacts show in full (``log_contacts``)."""
 
-    __slots__ = ("_failed", "_tasks", "active", "hooks", "log_contacts")
+    __slots__ = ("_failed", "_tasks", "_wanted", "active", "hooks", "log_contacts")
 
     def __init__(self, hooks: Iterable[Hook] = (), *, log_contacts: bool = False) -> None:
         self.hooks = tuple(hooks)
         #: Whether there is anyone to tell: callers skip building events when not.
         self.active = bool(self.hooks)
+        self._wanted = {
+            kind: any(kind in getattr(hook, "rdfunnel_events", EVENT_TYPES) for hook in self.hooks)
+            for kind in EVENT_TYPES
+        }
         self.log_contacts = log_contacts
         self._failed: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def wants(self, kind: type) -> bool:
+        """Whether any hook handles events of ``kind``: if not, do not build one."""
+        return self._wanted[kind]
 
     def emit(self, event: Event) -> None:
         for index, hook in enumerate(self.hooks):

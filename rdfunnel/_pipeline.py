@@ -149,7 +149,7 @@ class Pipeline:
         """
         self._transport.session  # a closed client fails here, unsent  # noqa: B018
         call = _Call(request, auth, resend_limiter)
-        observer = self._observer if self._observer.active else None
+        observer = self._observer if self._observer.wants(CallEnded) else None
         if observer is not None:
             started = self._clock.monotonic()
             observer.emit(CallStarted(**observer.request_fields(request)))
@@ -177,7 +177,7 @@ class Pipeline:
             call.retries += 1
             self._retrying(call, _reason(outcome), wait)
             if isinstance(outcome, RateLimitError) and outcome.scope == "account":
-                if self._observer.active:
+                if self._observer.wants(ClientPaused):
                     self._observer.emit(ClientPaused(scope="account", seconds=wait))
                 await self._limiter.pause(wait)  # hold every request of this client, not just ours
             elif wait > 0:
@@ -202,7 +202,7 @@ class Pipeline:
                 return outcome
             call.retries += call.replayed
             call.replayed = True
-            if self._observer.active:
+            if self._observer.wants(RetryScheduled):
                 self._observer.emit(
                     RetryScheduled(
                         **self._observer.request_fields(call.request),
@@ -228,23 +228,28 @@ class Pipeline:
             await self._limiter.acquire()
             headers = {**(request.headers or {}), "User-Agent": self._user_agent}
         call.attempts += 1
-        observer = self._observer if self._observer.active else None
-        started = self._clock.monotonic() if observer is not None else 0.0
-        outcome = await self._transport.attempt(request, headers, self._retry.max_wait)
+        observed = self._observer.wants(AttemptEnded)
+        started = self._clock.monotonic() if observed else 0.0
+        try:
+            outcome = await self._transport.attempt(request, headers, self._retry.max_wait)
+        except BaseException as error:  # cancelled mid-attempt: it went out all the same
+            if observed:
+                self._attempt_ended(call, error, self._clock.monotonic() - started)
+            raise
         call.status = outcome.status if isinstance(outcome, _ANSWERED) else None
-        if observer is not None:
-            self._attempt_ended(observer, call, outcome, self._clock.monotonic() - started)
+        if observed:
+            self._attempt_ended(call, outcome, self._clock.monotonic() - started)
         if auth is not None and isinstance(outcome, QuotaExceededError):
             self._quotas.note(outcome, request.key)
         return outcome
 
     def _retrying(self, call: _Call, reason: str, wait: float) -> None:
         observer, request = self._observer, call.request
-        if observer.active:
+        if observer.wants(RetryScheduled):
             fields = observer.request_fields(request)
             observer.emit(RetryScheduled(**fields, retry=call.retries, reason=reason, wait=wait))
         if logger.isEnabledFor(logging.INFO):
-            where = masked_path(request.url.path)  # LGPD: never a contact's address in a log
+            where = masked_path(request.url.raw_path)  # LGPD: never a contact's address in a log
             logger.info(
                 "retrying %s %s in %.2f s (retry %d of %d) after %s",
                 request.method,
@@ -262,9 +267,8 @@ class Pipeline:
                 },
             )
 
-    def _attempt_ended(
-        self, observer: Observer, call: _Call, outcome: Answer | RDStationError, duration: float
-    ) -> None:
+    def _attempt_ended(self, call: _Call, outcome: Answer | BaseException, duration: float) -> None:
+        observer = self._observer
         fields = observer.request_fields(call.request)
         error = None if isinstance(outcome, Answer) else type(outcome).__name__
         observer.emit(
@@ -276,7 +280,7 @@ class Pipeline:
                 error=error,
             )
         )
-        if isinstance(outcome, RateLimitError):
+        if isinstance(outcome, RateLimitError) and observer.wants(RateLimited):
             observer.emit(
                 RateLimited(**fields, scope=outcome.scope, retry_after=outcome.retry_after)
             )

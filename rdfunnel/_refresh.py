@@ -382,7 +382,7 @@ class TokenManager:
         started: float,
         error: BaseException | None,
     ) -> None:
-        if self._observer.active:
+        if self._observer.wants(TokenRefreshed):
             event = TokenRefreshed(
                 outcome=outcome,
                 duration=self._clock.monotonic() - started,

@@ -161,12 +161,12 @@ class Transport:
                     return Answer(status, response.headers, body)
                 return error_from_response(status, response.headers, body, max_wait=max_wait)
         except TimeoutError:
-            where = masked_path(request.url.path)  # never a contact's address in a message
+            where = masked_path(request.url.raw_path)  # never a contact's address in a message
             return RequestTimeoutError(
                 f"{request.method} {where} got no answer within {timeout.total} s"
             )
         except aiohttp.ClientError as exc:
-            where = masked_path(request.url.path)
+            where = masked_path(request.url.raw_path)
             reason = scrub(str(exc))  # aiohttp may quote the URL
             return TransportError(
                 f"{request.method} {where} failed: {type(exc).__name__}: {reason}"

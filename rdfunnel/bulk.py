@@ -29,8 +29,9 @@ from typing import Any, Literal, Self
 
 import attrs
 
+from ._observe import Observer
 from .errors import NotAttemptedError, RDStationError, ValidationError
-from .events import BulkEnded, BulkProgress, BulkStarted, Event
+from .events import BulkEnded, BulkProgress, BulkStarted
 from .models import Contact, ContactKey, Funnel, FunnelUpdate
 from .ratelimit import RateLimiter
 
@@ -96,7 +97,7 @@ class BulkRun:
         limiter: RateLimiter | None = None,
         on_progress: Callable[[BulkSummary], object] | None = None,
         lookahead: int | None = None,
-        observe: Callable[[Event], None] | None = None,
+        observer: Observer | None = None,
         bulk_run: int = 0,
     ) -> None:
         _check_count("concurrency", concurrency, 1)
@@ -108,8 +109,8 @@ class BulkRun:
         self._window = concurrency + lookahead
         self._limiter = limiter
         self._on_progress = on_progress
-        #: The client's instrumentation (None: no hooks), and this run's number for it.
-        self._observe = observe
+        #: The client's instrumentation, and this run's number for it.
+        self._observer = observer or Observer()
         self._bulk_run = bulk_run
         self._input: Iterator[Any] | AsyncIterator[Any] = (
             aiter(changes) if isinstance(changes, AsyncIterable) else iter(changes)
@@ -186,8 +187,9 @@ class BulkRun:
             await self._shutdown()
 
     def _start(self) -> None:
-        if self._observe is not None:
-            self._observe(BulkStarted(bulk_run=self._bulk_run, concurrency=self._concurrency))
+        if self._observer.wants(BulkStarted):
+            event = BulkStarted(bulk_run=self._bulk_run, concurrency=self._concurrency)
+            self._observer.emit(event)
         self._started_at = monotonic()
         self._running = self._concurrency
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
@@ -200,10 +202,10 @@ class BulkRun:
         self._workers = []
         if self._finished_at is None and self._started_at is not None:
             self._finished_at = monotonic()
-            if self._observe is not None:
+            if self._observer.wants(BulkEnded):
                 stopped = self._stopped_by or self._failure
                 reason = None if stopped is None else type(stopped).__name__
-                self._observe(
+                self._observer.emit(
                     BulkEnded(bulk_run=self._bulk_run, summary=self.summary, stop_reason=reason)
                 )
 
@@ -223,9 +225,10 @@ class BulkRun:
         self._retries += max(result.attempts - 1, 0)
         if self._on_progress is not None:
             self._on_progress(self.summary)
-        if self._observe is not None:
+        if self._observer.wants(BulkProgress):
             summary = self.summary
-            self._observe(BulkProgress(bulk_run=self._bulk_run, outcome=outcome, summary=summary))
+            event = BulkProgress(bulk_run=self._bulk_run, outcome=outcome, summary=summary)
+            self._observer.emit(event)
 
     async def _work(self) -> None:
         try:

@@ -258,10 +258,14 @@ class _Send(Protocol):
     ) -> Awaitable[tuple[Any, int]]: ...
 
 
+#: Bulk runs are numbered in the process, so hooks shared by several clients tell them apart.
+_BULK_RUNS = itertools.count(1)
+
+
 class Funnels:
     """``rd.funnels``: read and change where contacts stand in the funnel."""
 
-    __slots__ = ("_bulk_runs", "_clear_owner_as", "_clock", "_observer", "_send")
+    __slots__ = ("_clear_owner_as", "_clock", "_observer", "_send")
 
     def __init__(
         self, send: _Send, clear_owner_as: ClearOwnerAs, clock: Clock, observer: Observer
@@ -270,7 +274,6 @@ class Funnels:
         self._clear_owner_as = clear_owner_as
         self._clock = clock
         self._observer = observer
-        self._bulk_runs = itertools.count(1)
 
     async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
         """Where ``contact`` stands in ``funnel``."""
@@ -328,11 +331,10 @@ class Funnels:
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.
         limiter = LocalRateLimiter(max_rate, clock=self._clock) if max_rate is not None else None
-        bulk_run = next(self._bulk_runs)
+        bulk_run = next(_BULK_RUNS)
         apply = functools.partial(
             self._apply, funnel=funnel, resend_limiter=limiter, bulk_run=bulk_run
         )
-        observer = self._observer
         return BulkRun(
             changes,
             apply,
@@ -340,7 +342,7 @@ class Funnels:
             limiter=limiter,
             on_progress=on_progress,
             lookahead=lookahead,
-            observe=observer.emit if observer.active else None,
+            observer=self._observer,
             bulk_run=bulk_run,
         )
 

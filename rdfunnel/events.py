@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .bulk import BulkSummary
 
 __all__ = [
+    "EVENT_TYPES",
     "AttemptEnded",
     "BulkEnded",
     "BulkProgress",
@@ -45,7 +46,7 @@ class RequestEvent:
     route: str
     contact: str | None = None
     contact_kind: Literal["email", "uuid"] | None = None
-    #: The bulk run (numbered per client, from 1) the call belongs to, or None.
+    #: The bulk run (numbered in the process, from 1) the call belongs to, or None.
     bulk_run: int | None = None
 
 
@@ -139,6 +140,20 @@ class BulkEnded:
     summary: BulkSummary
     stop_reason: str | None = None
 
+
+#: Every kind of event, for hooks that say which they handle (``rdfunnel_events``).
+EVENT_TYPES: tuple[type, ...] = (
+    CallStarted,
+    CallEnded,
+    AttemptEnded,
+    RetryScheduled,
+    RateLimited,
+    ClientPaused,
+    TokenRefreshed,
+    BulkStarted,
+    BulkProgress,
+    BulkEnded,
+)
 
 Event = (
     CallStarted

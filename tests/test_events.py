@@ -149,14 +149,16 @@ async def test_bulk_runs_tell_start_progress_and_end(
         async with rd.funnels.update_many(changes[:1]) as second:
             [result async for result in second]
     [started, started_2] = seen.of(BulkStarted)
-    assert (started.bulk_run, started.concurrency, started_2.bulk_run) == (1, 3, 2)
-    progress = [p for p in seen.of(BulkProgress) if p.bulk_run == 1]
+    assert started.concurrency == 3
+    assert started_2.bulk_run == started.bulk_run + 1  # numbered in the process
+    first = started.bulk_run
+    progress = [p for p in seen.of(BulkProgress) if p.bulk_run == first]
     assert [p.summary.total for p in progress] == list(range(1, 8))
     assert sorted(p.outcome for p in progress) == ["failed"] + ["succeeded"] * 6
-    ended = [e for e in seen.of(BulkEnded) if e.bulk_run == 1]
+    ended = [e for e in seen.of(BulkEnded) if e.bulk_run == first]
     assert [e.summary for e in ended] == [run.summary] and ended[0].stop_reason is None
     calls = [c for c in seen.of(CallStarted) if c.operation == "funnels.update"]
-    assert sorted(c.bulk_run for c in calls) == [1] * 7 + [2]
+    assert sorted(c.bulk_run for c in calls) == [first] * 7 + [first + 1]
     assert len(results) == 7
 
 
@@ -271,3 +273,44 @@ async def test_a_404s_error_carries_its_contact(fake: FakeRDStation, clock: Virt
         with pytest.raises(NotFoundError) as caught:
             await rd.funnels.get("nobody@example.com")
     assert caught.value.contact == Contact.email("nobody@example.com")
+
+
+async def test_a_cancelled_attempt_is_still_told(clock: VirtualClock) -> None:
+    async with FakeRDStation(clock=clock.monotonic) as fake:
+        fake.add_contact(ANA)
+        seen = Recorder()
+        async with fake.client(clock=clock, retry=FAST, hooks=[seen]) as rd:
+            await rd.account_info()  # the token first
+            seen.events.clear()
+            fake.faults = Faults(slow=1.0, slow_seconds=5)
+            call = asyncio.ensure_future(rd.funnels.get(ANA))
+            while not fake.stats.faults.get("slow"):  # noqa: ASYNC110 - the fake has no event
+                await asyncio.sleep(0)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    [attempt] = seen.of(AttemptEnded)
+    assert (attempt.attempt, attempt.status, attempt.error) == (1, None, "CancelledError")
+    [end] = seen.of(CallEnded)
+    assert (end.attempts, end.error) == (1, "CancelledError")
+
+
+async def test_events_no_hook_wants_are_never_built(
+    fake: FakeRDStation, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OnlyAttempts(Recorder):
+        rdfunnel_events = frozenset({AttemptEnded})
+
+    built: list[str] = []
+    original = CallStarted.__init__
+
+    def counting_init(self: Any, **kwargs: Any) -> None:
+        built.append("CallStarted")
+        original(self, **kwargs)
+
+    monkeypatch.setattr(CallStarted, "__init__", counting_init)
+    seen = OnlyAttempts()
+    async with fake.client(clock=clock, retry=FAST, hooks=[seen]) as rd:
+        await rd.funnels.get(ANA)
+    assert {type(event) for event in seen.events} == {AttemptEnded}
+    assert built == []

@@ -156,6 +156,7 @@ class OpenTelemetryHooks:
         "_runs",
         "_server_address",
         "_tracer",
+        "rdfunnel_events",
     )
 
     def __init__(
@@ -209,6 +210,8 @@ class OpenTelemetryHooks:
             BulkStarted: self._bulk_started,
             BulkEnded: self._bulk_ended,
         }
+        #: The events this hook uses: the client builds no others for it.
+        self.rdfunnel_events = frozenset(self._handlers)
 
     def __repr__(self) -> str:
         return f"OpenTelemetryHooks(bulk_item_spans={self._bulk_item_spans})"

@@ -195,7 +195,7 @@ class PrometheusHooks:
     Instances on one registry share its collectors, so any number of clients may each have one.
     """
 
-    __slots__ = ("_handlers", "_metrics", "_routes", "registry")
+    __slots__ = ("_handlers", "_metrics", "_routes", "rdfunnel_events", "registry")
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
@@ -209,6 +209,8 @@ class PrometheusHooks:
             BulkProgress: self._bulk_progress,
         }
         self._handlers = handlers
+        #: The events this hook counts: the client builds no others for it.
+        self.rdfunnel_events = frozenset((AttemptEnded, *handlers))
 
     def __repr__(self) -> str:
         return f"PrometheusHooks(registry={self.registry!r})"
