@@ -56,7 +56,7 @@ class Observer:
         for index, hook in enumerate(self.hooks):
             try:
                 outcome = hook(event)
-                if inspect.isawaitable(outcome):
+                if outcome is not None and inspect.isawaitable(outcome):
                     self._run(outcome)
             except Exception as error:
                 self._report(index, hook, error)
@@ -83,10 +83,13 @@ class Observer:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            assert error is not None
-            logger.warning("an async rdfunnel hook raised %s: %s", type(error).__name__, error)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.warning(
+                "an async rdfunnel hook raised %s",
+                type(error).__name__,
+                extra={"event": "hook_failed", "error": type(error).__name__},
+            )
 
     def _report(self, index: int, hook: Hook, error: Exception) -> None:
         first = index not in self._failed

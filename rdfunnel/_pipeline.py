@@ -149,21 +149,22 @@ class Pipeline:
         """
         self._transport.session  # a closed client fails here, unsent  # noqa: B018
         call = _Call(request, auth, resend_limiter)
-        observer = self._observer if self._observer.wants(CallEnded) else None
-        if observer is not None:
-            started = self._clock.monotonic()
+        observer = self._observer
+        if observer.wants(CallStarted):
             observer.emit(CallStarted(**observer.request_fields(request)))
+        timed = observer.wants(CallEnded)
+        started = self._clock.monotonic() if timed else 0.0
         try:
             value = read(await self._send_handling_retries(call))
         except BaseException as error:
             if isinstance(error, RDStationError):
                 error.attempts = call.attempts
                 error.contact = request.contact
-            if observer is not None:
-                self._call_ended(observer, call, started, error)
+            if timed:
+                self._call_ended(call, started, error)
             raise
-        if observer is not None:
-            self._call_ended(observer, call, started, None)
+        if timed:
+            self._call_ended(call, started, None)
         return value, call.attempts
 
     async def _send_handling_retries(self, call: _Call) -> Answer:
@@ -285,9 +286,8 @@ class Pipeline:
                 RateLimited(**fields, scope=outcome.scope, retry_after=outcome.retry_after)
             )
 
-    def _call_ended(
-        self, observer: Observer, call: _Call, started: float, error: BaseException | None
-    ) -> None:
+    def _call_ended(self, call: _Call, started: float, error: BaseException | None) -> None:
+        observer = self._observer
         observer.emit(
             CallEnded(
                 **observer.request_fields(call.request),
