@@ -62,16 +62,18 @@ class Observer:
                 self._report(index, hook, error)
 
     def request_fields(self, request: Request) -> dict[str, Any]:
-        """What every event about ``request`` carries."""
-        kind = request.key[0] if request.key is not None else None
-        return {
-            "operation": request.operation,
-            "method": request.method,
-            "route": request.route,
-            "contact": masked_contact(request.key, self.log_contacts),
-            "contact_kind": kind,
-            "bulk_run": request.bulk_run,
-        }
+        """What every event about ``request`` carries (made once per request)."""
+        fields = request.fields
+        if fields is None:
+            fields = request.fields = {
+                "operation": request.operation,
+                "method": request.method,
+                "route": request.route,
+                "contact": masked_contact(request.key, self.log_contacts),
+                "contact_kind": request.key[0] if request.key is not None else None,
+                "bulk_run": request.bulk_run,
+            }
+        return fields
 
     def _run(self, awaitable: Awaitable[Any]) -> None:
         async def run() -> None:

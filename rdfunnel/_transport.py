@@ -35,6 +35,7 @@ class Request:
         "bulk_run",
         "contact",
         "data",
+        "fields",
         "headers",
         "key",
         "method",
@@ -75,6 +76,8 @@ class Request:
         self.contact = contact
         self.key: ContactKey | None = contact.key if contact is not None else None
         self.bulk_run = bulk_run
+        #: What instrumentation events say of this request, made once when first needed.
+        self.fields: dict[str, Any] | None = None
         #: None: the transport's own.
         self.timeout = timeout
         #: Whether to follow redirects: never for token requests, whose bodies hold secrets.
