@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self
-from urllib.parse import quote
+from typing import Any, Self
 
 import aiohttp
 from yarl import URL
@@ -18,20 +15,20 @@ from . import _credentials
 from ._clock import SYSTEM_CLOCK, Clock
 from ._observe import Hook, Observer
 from ._pipeline import USER_AGENT, Pipeline
-from ._privacy import FUNNEL_ROUTE, route_of
+from ._privacy import route_of
 from ._refresh import OnTokenRefresh, StaticToken, TokenManager
-from ._serde import ClearOwnerAs, dumps, funnel_from_json, update_to_json
+from ._serde import ClearOwnerAs, dumps
 from ._transport import Answer, Request, Transport
 from ._urls import DEFAULT_BASE_URL, check_url
-from .bulk import BulkRun, BulkSummary, Changes
 from .errors import ValidationError
-from .models import NOT_SET, Contact, Funnel, FunnelUpdate, LifecycleStage, NotSet
+from .funnels import Funnels, funnel_path
+from .models import Contact
 from .oauth import OAuthApp, TokenEndpoint, TokenStyle
 from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 
-__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Funnels", "RDStation"]
+__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Funnels", "RDStation", "funnel_path"]
 
 
 class RDStation:
@@ -117,7 +114,7 @@ class RDStation:
             on_token_refresh=on_token_refresh,
             refresh_leeway=refresh_leeway,
         )
-        self.funnels = Funnels(self._send, clear_owner_as, clock, self._pipeline.observer)
+        self.funnels = Funnels(self, clear_owner_as)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RDStation:
@@ -243,137 +240,6 @@ class RDStation:
         )
 
 
-class _Send(Protocol):
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        *,
-        operation: str,
-        route: str,
-        json: Any = None,
-        contact: Contact | None = None,
-        bulk_run: int | None = None,
-        resend_limiter: RateLimiter | None = None,
-    ) -> Awaitable[tuple[Any, int]]: ...
-
-
-#: Bulk runs are numbered in the process, so hooks shared by several clients tell them apart.
-_BULK_RUNS = itertools.count(1)
-
-
-class Funnels:
-    """``rd.funnels``: read and change where contacts stand in the funnel."""
-
-    __slots__ = ("_clear_owner_as", "_clock", "_observer", "_send")
-
-    def __init__(
-        self, send: _Send, clear_owner_as: ClearOwnerAs, clock: Clock, observer: Observer
-    ) -> None:
-        self._send = send
-        self._clear_owner_as = clear_owner_as
-        self._clock = clock
-        self._observer = observer
-
-    async def get(self, contact: Contact | str, *, funnel: str = "default") -> Funnel:
-        """Where ``contact`` stands in ``funnel``."""
-        contact = Contact.parse(contact)
-        path = funnel_path(contact, funnel)
-        payload, _ = await self._send(
-            "GET", path, operation="funnels.get", route=FUNNEL_ROUTE, contact=contact
-        )
-        return funnel_from_json(payload)
-
-    async def update(
-        self,
-        contact: Contact | str,
-        update: FunnelUpdate | None = None,
-        *,
-        funnel: str = "default",
-        lifecycle_stage: LifecycleStage | str | NotSet = NOT_SET,
-        opportunity: bool | NotSet = NOT_SET,
-        contact_owner_email: str | NotSet | None = NOT_SET,
-    ) -> Funnel:
-        """Change only what is given, as a :class:`FunnelUpdate` or as its fields.
-
-        ``contact_owner_email=None`` clears the owner. Returns the funnel as RD stored it.
-        """
-        fields = (lifecycle_stage, opportunity, contact_owner_email)
-        if update is None:
-            update = FunnelUpdate(
-                lifecycle_stage=lifecycle_stage,
-                opportunity=opportunity,
-                contact_owner_email=contact_owner_email,
-            )
-        elif any(field is not NOT_SET for field in fields):
-            raise ValidationError("pass either a FunnelUpdate or its fields as keywords, not both")
-        funnel_state, _ = await self._apply(contact, update, funnel=funnel)
-        return funnel_state
-
-    def update_many(
-        self,
-        changes: Changes,
-        *,
-        concurrency: int = 16,
-        max_rate: float | None = None,
-        on_progress: Callable[[BulkSummary], object] | None = None,
-        funnel: str = "default",
-        lookahead: int | None = None,
-    ) -> BulkRun:
-        """Apply many ``(contact, FunnelUpdate)`` changes in parallel; one result per change read.
-
-        ``changes`` may be any iterable or async iterable, even an endless one: it is read only as
-        changes finish, at most ``concurrency + lookahead`` ahead (default lookahead: the larger
-        of 1,024 and 8 per worker). Changes to one contact run one at a time, in input order,
-        without holding a worker while they wait. ``max_rate`` caps this run's requests per
-        second, on top of the client's own cap.
-        """
-        # The run admits each change's first send; its retries pass the same limiter in the
-        # transport, so the cap counts every request the run makes.
-        limiter = LocalRateLimiter(max_rate, clock=self._clock) if max_rate is not None else None
-        bulk_run = next(_BULK_RUNS)
-        apply = functools.partial(
-            self._apply, funnel=funnel, resend_limiter=limiter, bulk_run=bulk_run
-        )
-        return BulkRun(
-            changes,
-            apply,
-            concurrency=concurrency,
-            limiter=limiter,
-            on_progress=on_progress,
-            lookahead=lookahead,
-            observer=self._observer,
-            bulk_run=bulk_run,
-        )
-
-    async def _apply(
-        self,
-        contact: Contact | str,
-        update: FunnelUpdate,
-        *,
-        funnel: str = "default",
-        bulk_run: int | None = None,
-        resend_limiter: RateLimiter | None = None,
-    ) -> tuple[Funnel, int]:
-        """Send one update; return the stored funnel and how many attempts it took."""
-        if not isinstance(update, FunnelUpdate):
-            raise ValidationError(f"update must be a FunnelUpdate, got {update!r}")
-        contact = Contact.parse(contact)
-        path = funnel_path(contact, funnel)
-        body = update_to_json(update, self._clear_owner_as)
-        payload, attempts = await self._send(
-            "PUT",
-            path,
-            operation="funnels.update",
-            route=FUNNEL_ROUTE,
-            json=body,
-            contact=contact,
-            bulk_run=bulk_run,
-            resend_limiter=resend_limiter,
-        )
-        return funnel_from_json(payload), attempts
-
-
 def _token_source(
     credentials: _credentials.Credentials,
     pipeline: Pipeline,
@@ -441,17 +307,3 @@ def _check_seconds(name: str, value: object, *, zero: bool = True) -> float:
         bound = ">= 0" if zero else "> 0"
         raise ValidationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
-
-
-def funnel_path(contact: Contact | str, funnel: str) -> str:
-    """``/platform/contacts/email:<value>/funnels/<funnel>``, percent-encoded as RD expects."""
-    if not funnel or not isinstance(funnel, str):
-        raise ValidationError(f"funnel must be a non-empty name, got {funnel!r}")
-    segment = Contact.parse(contact).path_segment
-    return f"/platform/contacts/{segment}/funnels/{_funnel_segment(funnel)}"
-
-
-@functools.lru_cache(maxsize=64)
-def _funnel_segment(funnel: str) -> str:
-    """Percent-encoded once per funnel name: almost every call names ``default``."""
-    return quote(funnel, safe="")
