@@ -32,28 +32,34 @@ def mask(kind: str, value: str) -> str:
 
 
 def masked_contact(key: ContactKey | None, full: bool) -> str | None:
+    """A contact's key as events show it: masked, unless ``full``."""
     if key is None:
         return None
-    return f"{key[1]}" if full else mask(*key)
-
-
-def _is_contact(segment: str) -> bool:
-    decoded = unquote(segment)
-    return "@" in decoded or decoded.startswith(("email:", "uuid:"))
+    return key[1] if full else mask(*key)
 
 
 def route_of(path: str) -> str:
     """``path`` with every segment that names a contact (or holds an address) as ``{contact}``."""
-    if "@" not in path and "email:" not in path and "uuid:" not in path and "%40" not in path:
+    if not _may_name_a_contact(path):
         return path
     return _SEGMENT.sub(lambda m: "{contact}" if _is_contact(m[0]) else m[0], path)
 
 
 def masked_path(path: str) -> str:
     """``path`` with each contact masked: ``/platform/contacts/email:a***@example.com/...``."""
-    if "@" not in path and "email:" not in path and "uuid:" not in path and "%40" not in path:
+    if not _may_name_a_contact(path):
         return path
     return _SEGMENT.sub(lambda m: _masked_segment(m[0]) if _is_contact(m[0]) else m[0], path)
+
+
+def _may_name_a_contact(path: str) -> bool:
+    """A quick test that skips the segment-by-segment one for most paths."""
+    return any(mark in path for mark in ("@", "%40", "email:", "uuid:"))
+
+
+def _is_contact(segment: str) -> bool:
+    decoded = unquote(segment)
+    return "@" in decoded or decoded.startswith(("email:", "uuid:"))
 
 
 def _masked_segment(segment: str) -> str:
