@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
+import logging
+import socket
+import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +23,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message
 
@@ -30,6 +34,12 @@ from rdfunnel.contrib.fastapi import (
     get_rdstation,
     install_exception_handlers,
     rdstation_lifespan,
+)
+from rdfunnel.contrib.redis import (
+    RedisRateLimiter,
+    RedisTokenStore,
+    RedisTokenStoreError,
+    RedisUnavailableError,
 )
 from rdfunnel.errors import (
     AuthenticationError,
@@ -304,6 +314,58 @@ async def test_upstream_failures_are_5xx(
     assert_no_secrets(response, fake)
 
 
+@pytest.fixture
+async def dead_redis() -> AsyncIterator[aioredis.Redis]:
+    """A Redis client for a port nothing listens on, with a password that must never show."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = aioredis.from_url(f"redis://user:hunter2@127.0.0.1:{port}/0")
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize("component", ["token store", "rate limiter"])
+async def test_a_redis_outage_is_503_whichever_component_meets_it(
+    fake: FakeRDStation,
+    dead_redis: aioredis.Redis,
+    component: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if component == "token store":
+        options: dict[str, Any] = {"token_store": RedisTokenStore(dead_redis, key="t")}
+    else:
+        options = {"rate_limiter": RedisRateLimiter(dead_redis, key="r", max_rate=10)}
+    caplog.set_level(logging.DEBUG, logger="rdfunnel.contrib.fastapi")
+    async with serve(example_app(fake, **options)) as client:
+        response = await client.get("/contacts/contact-1@example.com/funnel")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "redis_unavailable"
+    assert "try again later" in body["detail"]
+    assert "hunter2" not in response.text
+    assert_no_secrets(response, fake)
+    assert fake.stats.count(route="funnels.get") == 0
+    answered = [r for r in caplog.records if getattr(r, "event", None) == "answered_error"]
+    assert len(answered) == 1
+    record = answered[0]
+    assert record.levelno == logging.WARNING
+    assert "Redis at 127.0.0.1" in record.getMessage()
+    assert "hunter2" not in caplog.text
+    assert not any(r.exc_info for r in caplog.records)  # an expected outage: no traceback
+    assert "Traceback" not in caplog.text
+
+
+def test_the_fastapi_integration_does_not_need_redis() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None; import rdfunnel.contrib.fastapi as f; "
+        "from rdfunnel.errors import RDStationError; "
+        "assert f.error_response(RDStationError('x')).status_code == 500"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 # -- error mappings, every one -----------------------------------------------------------------
 
 
@@ -335,6 +397,8 @@ MAPPINGS: list[Any] = [
     pytest.param(TransportError("reset"), 502, "rdstation_unreachable", id="transport"),
     pytest.param(RequestTimeoutError("slow"), 504, "rdstation_timeout", id="timeout"),
     pytest.param(TokenStoreError("disk full"), 503, "token_store_unavailable", id="store"),
+    pytest.param(RedisTokenStoreError("Redis down"), 503, "redis_unavailable", id="redis-store"),
+    pytest.param(RedisUnavailableError("Redis down"), 503, "redis_unavailable", id="redis-limit"),
     pytest.param(RDStationError("client is closed"), 500, "internal_error", id="other"),
 ]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Final, TypeVar, overload
@@ -198,14 +199,17 @@ def install_exception_handlers(app: Starlette) -> None:
     ``ServerError`` and other unexpected statuses           502     ``rdstation_error``
     ``TransportError`` (no answer)                          502     ``rdstation_unreachable``
     ``RequestTimeoutError``                                 504     ``rdstation_timeout``
-    ``TokenStoreError``                                     503     ``token_store_unavailable``
+    ``RedisUnavailableError`` (Redis is down)               503     ``redis_unavailable``
+    other ``TokenStoreError`` (a file store, a stuck lock)  503     ``token_store_unavailable``
     any other ``RDStationError``                            500     ``internal_error``
     ======================================================  ======  ============================
 
     Bodies are ``{"detail": ..., "error": ...}`` (FastAPI's ``detail``, plus a stable code to
     branch on). They never carry a token, a secret, RD's raw body or its headers: upstream
     failures get a fixed message, and the full error goes to the ``rdfunnel.contrib.fastapi``
-    logger instead.
+    logger instead: at WARNING without a traceback for the expected failures (every 5xx but
+    500), at ERROR with one for a 500. A Redis outage answers the same whether the Redis token
+    store or the Redis rate limiter meets it first.
     """
     app.add_exception_handler(RDStationError, _handle)
 
@@ -272,10 +276,28 @@ def _answer(exc: RDStationError) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 504, _body("rdstation_timeout", "RD Station did not answer in time"), {}
     if isinstance(exc, TransportError):
         return 502, _body("rdstation_unreachable", "RD Station could not be reached"), {}
+    if _is_redis_outage(exc):  # before TokenStoreError: the Redis token store's errors are both
+        detail = (
+            "the Redis server this service shares RD Station tokens and rate limits through "
+            "cannot be reached; try again later"
+        )
+        return 503, _body("redis_unavailable", detail), {}
     if isinstance(exc, TokenStoreError):
         detail = "the RD Station token store cannot be read or written"
         return 503, _body("token_store_unavailable", detail), {}
     return 500, _body("internal_error", "internal error talking to RD Station"), {}
+
+
+def _is_redis_outage(exc: RDStationError) -> bool:
+    """Whether ``exc`` is a :class:`rdfunnel.contrib.redis.RedisUnavailableError`, raised by the
+    Redis token store (``RedisTokenStoreError``) and rate limiter alike.
+
+    Looked up rather than imported, so this module does not need redis-py: until
+    ``rdfunnel.contrib.redis`` is imported, no such error can exist.
+    """
+    redis_module = sys.modules.get("rdfunnel.contrib.redis")
+    outage = getattr(redis_module, "RedisUnavailableError", None)
+    return isinstance(outage, type) and isinstance(exc, outage)
 
 
 def _body(code: str, detail: str) -> dict[str, Any]:
