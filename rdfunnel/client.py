@@ -31,6 +31,31 @@ from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 __all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Funnels", "RDStation", "funnel_path"]
 
 
+#: What :meth:`RDStation.from_env` reads: (argument, environment variable).
+_ENV_SETTINGS = (
+    ("client_id", "RDSTATION_CLIENT_ID"),
+    ("client_secret", "RDSTATION_CLIENT_SECRET"),
+    ("refresh_token", "RDSTATION_REFRESH_TOKEN"),
+    ("base_url", "RDSTATION_BASE_URL"),
+)
+
+
+def _env_report(overrides: Mapping[str, object]) -> str:
+    """Which variables :meth:`RDStation.from_env` read and whether each was set: names only, as
+    the values are secrets."""
+    names = [name for _, name in _ENV_SETTINGS] + ["RDFUNNEL_TOKEN_FILE"]
+    states = []
+    for name in names:
+        value = os.environ.get(name)
+        state = "set" if value else "not set" if value is None else "empty, so not used"
+        states.append(f"{name} ({state})")
+    report = f"RDStation.from_env() read {', '.join(states)}"
+    if overrides:
+        given = ", ".join(sorted(overrides))
+        report += f"; keyword arguments given, which take precedence: {given}"
+    return report
+
+
 class RDStation:
     """An RD Station Marketing client: one per application, shared by every task.
 
@@ -121,21 +146,21 @@ class RDStation:
         """A client configured from the environment; keyword arguments take precedence.
 
         Reads ``RDSTATION_CLIENT_ID``, ``RDSTATION_CLIENT_SECRET``, ``RDSTATION_REFRESH_TOKEN``,
-        ``RDSTATION_BASE_URL`` and ``RDFUNNEL_TOKEN_FILE`` (a :class:`FileTokenStore`).
+        ``RDSTATION_BASE_URL`` and ``RDFUNNEL_TOKEN_FILE`` (a :class:`FileTokenStore`); an empty
+        variable counts as unset. Settings that do not add up raise :class:`ValidationError`
+        naming those variables and whether each is set (never their values).
         """
         settings: dict[str, Any] = {}
-        for key, name in (
-            ("client_id", "RDSTATION_CLIENT_ID"),
-            ("client_secret", "RDSTATION_CLIENT_SECRET"),
-            ("refresh_token", "RDSTATION_REFRESH_TOKEN"),
-            ("base_url", "RDSTATION_BASE_URL"),
-        ):
+        for key, name in _ENV_SETTINGS:
             if os.environ.get(name):
                 settings[key] = os.environ[name]
         if os.environ.get("RDFUNNEL_TOKEN_FILE"):
             settings["token_store"] = FileTokenStore(os.environ["RDFUNNEL_TOKEN_FILE"])
         settings.update(overrides)
-        return cls(**settings)
+        try:
+            return cls(**settings)
+        except ValidationError as error:
+            raise ValidationError(f"{str(error).rstrip('.')}. {_env_report(overrides)}") from None
 
     def __repr__(self) -> str:
         return f"RDStation(base_url={self._base_url!r})"

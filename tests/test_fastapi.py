@@ -553,15 +553,66 @@ async def test_the_client_comes_from_the_environment_by_default(
     assert response.status_code == 200
 
 
-async def test_a_missing_environment_fails_the_startup(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ID", "SECRET", "REFRESH_TOKEN", "BASE_URL"):
-        monkeypatch.delenv(f"RDSTATION_CLIENT_{name}", raising=False)
-        monkeypatch.delenv(f"RDSTATION_{name}", raising=False)
-    monkeypatch.delenv("RDFUNNEL_TOKEN_FILE", raising=False)
+ENVIRONMENT = (
+    "RDSTATION_CLIENT_ID",
+    "RDSTATION_CLIENT_SECRET",
+    "RDSTATION_REFRESH_TOKEN",
+    "RDSTATION_BASE_URL",
+    "RDFUNNEL_TOKEN_FILE",
+)
+
+
+async def test_a_missing_environment_fails_the_startup_naming_what_it_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
     app = FastAPI(lifespan=rdstation_lifespan())
-    with pytest.raises(RuntimeError, match="needs credentials"):
+    with pytest.raises(RuntimeError, match="needs credentials") as caught:
         async with running(app):
             pass  # pragma: no cover
+    message = str(caught.value)
+    assert "RDStation.from_env() read" in message
+    for name in ENVIRONMENT:
+        assert f"{name} (not set)" in message
+
+
+@pytest.mark.parametrize(
+    ("environment", "problem"),
+    [
+        pytest.param({}, "needs credentials", id="nothing"),
+        pytest.param(
+            {"RDSTATION_CLIENT_SECRET": "s3cr3t-value", "RDSTATION_REFRESH_TOKEN": "r3fr3sh-value"},
+            "client_id and client_secret go together",
+            id="no-client-id",
+        ),
+        pytest.param(
+            {"RDSTATION_CLIENT_ID": "app", "RDSTATION_CLIENT_SECRET": "s3cr3t-value"},
+            "needs a token to start from",
+            id="no-token",
+        ),
+    ],
+)
+def test_from_env_names_the_variables_it_read_and_never_their_values(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], problem: str
+) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RDSTATION_BASE_URL", "")  # empty counts as unset
+    with pytest.raises(ValidationError, match=problem) as caught:
+        RDStation.from_env(max_rate=5)
+    message = str(caught.value)
+    for name in ENVIRONMENT:
+        state = "set" if name in environment else "not set"
+        if name == "RDSTATION_BASE_URL":
+            state = "empty, so not used"
+        assert f"{name} ({state})" in message
+    assert "keyword arguments given, which take precedence: max_rate" in message
+    assert "s3cr3t" not in message
+    assert "r3fr3sh" not in message
+    assert caught.value.__cause__ is None
 
 
 async def test_explicit_settings(fake: FakeRDStation) -> None:

@@ -122,7 +122,8 @@ def rdstation_lifespan(
     - ``rdstation_lifespan(client_factory)``: any zero-argument callable that returns a client,
       e.g. ``lambda: RDStation.from_env(max_rate=10)``.
 
-    Bad settings fail the startup, so a misconfigured app never starts serving. ``app_lifespan``
+    Bad settings fail the startup, so a misconfigured app never starts serving (from the
+    environment, with a message naming the variables read and whether each is set). ``app_lifespan``
     is the app's own lifespan; it runs inside this one, so its startup may already use the client
     and its shutdown (cancelling background work, say) runs before the client closes. Whatever it
     yields (``None`` or a state mapping) is yielded on unchanged.
