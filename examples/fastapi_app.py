@@ -9,7 +9,19 @@ get it with ``RDStationDep``, and rdfunnel's errors become HTTP answers (404, 42
   ``"contact_owner_email": null`` clears the owner.
 - ``POST /funnel-jobs``: ``{"changes": [{"contact": ..., <fields>}, ...]}`` runs in the background
   on the bulk engine; answers 202 with the job.
-- ``GET  /funnel-jobs/{id}``: the job's progress, totals and per-item failures.
+- ``GET  /funnel-jobs/{id}``: the job's progress, totals and per-item failures (each names its
+  contact as the request wrote it).
+
+Every 422 has one shape, whether FastAPI, rdfunnel or RD Station refused the request::
+
+    {"detail": "invalid request: opportunity: cannot be null; leave opportunity out ...",
+     "error": "invalid_input",
+     "errors": {"opportunity": [{"error_type": "CANNOT_BE_NULL",
+                                 "error_message": "cannot be null; leave opportunity out ..."}]}}
+
+``error`` is ``invalid_input`` (nothing was sent) or ``rejected_by_rdstation`` (RD refused it);
+``errors`` maps each field (``changes.3.contact`` in a job, ``body`` for the body as a whole) to
+its problems, written as RD Station writes its own. The input is never echoed back.
 
 Run it against the fake RD Station, from a checkout with ``pip install -e '.[fastapi]' uvicorn``::
 
@@ -51,10 +63,21 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from rdfunnel import BulkSummary, Contact, Funnel, FunnelUpdate, LifecycleStage, RDStation
 from rdfunnel.contrib.fastapi import (
@@ -66,10 +89,32 @@ from rdfunnel.errors import NotAttemptedError, ValidationError
 
 # -- request and response bodies ---------------------------------------------------------------
 
+#: The fields a change may set.
+FUNNEL_FIELDS = frozenset({"lifecycle_stage", "opportunity", "contact_owner_email"})
+
+
+def refused(error_type: str, message: str) -> PydanticCustomError:
+    """A validation failure with our own code and message, for :func:`invalid_request` to show."""
+    return PydanticCustomError(error_type, "{message}", {"message": message})
+
+
+def check_contact(value: str) -> str:
+    """``value`` if it names a contact (an email or a UUID); rdfunnel's checks, rdfunnel's words."""
+    try:
+        Contact.parse(value)
+    except ValidationError as exc:
+        raise refused("invalid_contact", str(exc)) from None
+    return value
+
+
+#: A contact as the client writes it (kept as written, so answers echo it back unchanged).
+ContactIn = Annotated[str, AfterValidator(check_contact)]
+
 
 class FunnelChange(BaseModel):
     """A partial change: fields left out stay as they are; ``contact_owner_email: null`` clears
-    the owner (``null`` for the other fields is refused)."""
+    the owner (``null`` for the other fields is refused). Every check runs here, so a bad change
+    is a 422 in the app's one error shape before anything is sent."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -77,18 +122,40 @@ class FunnelChange(BaseModel):
     opportunity: bool | None = None
     contact_owner_email: str | None = Field(default=None, max_length=100)
 
-    def to_update(self) -> FunnelUpdate:
-        """The :class:`FunnelUpdate` of the fields the client sent, and only those.
+    @field_validator("lifecycle_stage", "opportunity", mode="before")
+    @classmethod
+    def not_null(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:  # only a value sent is checked: a field left out is not null
+            message = f"cannot be null; leave {info.field_name} out to keep it as it is"
+            raise refused("cannot_be_null", message)
+        return value
 
-        Raises rdfunnel's ``ValidationError`` (a 422) for an empty change or a null stage.
-        """
-        return FunnelUpdate(**self.model_dump(exclude_unset=True, exclude={"contact"}))
+    @field_validator("contact_owner_email")
+    @classmethod
+    def owner_is_an_email(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                FunnelUpdate(contact_owner_email=value)
+            except ValidationError as exc:
+                raise refused("invalid_email", str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def not_empty(self) -> FunnelChange:
+        if not self.model_fields_set & FUNNEL_FIELDS:
+            fields = ", ".join(sorted(FUNNEL_FIELDS))
+            raise refused("empty_change", f"a change sets at least one of {fields}")
+        return self
+
+    def to_update(self) -> FunnelUpdate:
+        """The :class:`FunnelUpdate` of the fields the client sent, and only those."""
+        return FunnelUpdate(**self.model_dump(include=self.model_fields_set & FUNNEL_FIELDS))
 
 
 class ContactChange(FunnelChange):
     """One item of a bulk job: the contact (email or UUID) and its change."""
 
-    contact: str
+    contact: ContactIn
 
 
 class JobRequest(BaseModel):
@@ -119,7 +186,7 @@ class FunnelOut(BaseModel):
 
 class ItemFailure(BaseModel):
     index: int  # the change's position in the job's ``changes``
-    contact: str
+    contact: str  # as the client wrote it
     error: str  # the rdfunnel exception's name, e.g. NotFoundError
     detail: str
 
@@ -151,12 +218,16 @@ class JobOut(BaseModel):
 @dataclass
 class Job:
     id: str
-    total: int
+    contacts: list[str]  # each change's contact, as the client wrote it
     status: JobStatus = "running"
     summary: BulkSummary | None = None
     failures: list[ItemFailure] = field(default_factory=list)
     error: str | None = None
     task: asyncio.Task[None] | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.contacts)
 
     def view(self) -> JobOut:
         summary = self.summary or BulkSummary(0, 0, 0, 0, {}, 0, 0.0)
@@ -190,10 +261,9 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def start(
-        self, rd: RDStation, changes: Sequence[tuple[Contact, FunnelUpdate]], concurrency: int
-    ) -> Job:
-        job = Job(id=secrets.token_urlsafe(9), total=len(changes))
+    def start(self, rd: RDStation, items: Sequence[ContactChange], concurrency: int) -> Job:
+        job = Job(id=secrets.token_urlsafe(9), contacts=[item.contact for item in items])
+        changes = [(Contact.parse(item.contact), item.to_update()) for item in items]
         self._jobs[job.id] = job
         job.task = asyncio.create_task(_run(job, rd, changes, concurrency), name=f"job {job.id}")
         return job
@@ -216,7 +286,7 @@ async def _run(
                     job.failures.append(
                         ItemFailure(
                             index=result.index,
-                            contact=str(result.contact),
+                            contact=job.contacts[result.index],
                             error=type(result.error).__name__,
                             detail=str(result.error),
                         )
@@ -259,12 +329,12 @@ router = APIRouter()
 
 
 @router.get("/contacts/{contact}/funnel")
-async def get_funnel(contact: str, rd: RDStationDep) -> FunnelOut:
+async def get_funnel(contact: ContactIn, rd: RDStationDep) -> FunnelOut:
     return FunnelOut.of(await rd.funnels.get(contact))
 
 
 @router.put("/contacts/{contact}/funnel")
-async def put_funnel(contact: str, change: FunnelChange, rd: RDStationDep) -> FunnelOut:
+async def put_funnel(contact: ContactIn, change: FunnelChange, rd: RDStationDep) -> FunnelOut:
     return FunnelOut.of(await rd.funnels.update(contact, change.to_update()))
 
 
@@ -272,19 +342,8 @@ async def put_funnel(contact: str, change: FunnelChange, rd: RDStationDep) -> Fu
 async def start_job(
     body: JobRequest, rd: RDStationDep, jobs: JobsDep, request: Request, response: Response
 ) -> JobOut:
-    """Check every change first (all or nothing: a 422 names the bad ones), then run them."""
-    changes: list[tuple[Contact, FunnelUpdate]] = []
-    problems: list[dict[str, Any]] = []
-    for index, item in enumerate(body.changes):
-        try:
-            changes.append((Contact.parse(item.contact), item.to_update()))
-        except ValidationError as exc:
-            problems.append(
-                {"loc": ["body", "changes", index], "msg": str(exc), "type": "value_error"}
-            )
-    if problems:
-        raise HTTPException(status_code=422, detail=problems)
-    job = jobs.start(rd, changes, body.concurrency)
+    """Every change is checked first (all or nothing: a 422 names the bad ones), then run."""
+    job = jobs.start(rd, body.changes, body.concurrency)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return job.view()
 
@@ -297,6 +356,41 @@ async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     return job.view()
 
 
+# -- the one shape of a 422 --------------------------------------------------------------------
+
+#: Our words for pydantic's messages that would name Python types or our classes.
+MESSAGES = {
+    "json_invalid": "is not valid JSON",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "extra_forbidden": "is not a field of this request",
+    "missing": "is required",
+}
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """A request FastAPI refused, answered as rdfunnel answers its 422s: ``detail`` (one line),
+    ``error`` (``invalid_input``) and ``errors``, the problems by field, each an
+    ``{"error_type", "error_message"}`` as RD Station writes them (and as
+    ``rejected_by_rdstation`` passes them on). Never echoes the input back."""
+    assert isinstance(exc, RequestValidationError)
+    errors: dict[str, list[dict[str, str]]] = {}
+    for problem in exc.errors():
+        where, kind = problem["loc"], problem["type"]
+        # ("body", "changes", 1, "contact") -> "changes.1.contact"; the body itself -> "body"
+        path = [] if kind == "json_invalid" else [str(part) for part in where[1:]]
+        field = ".".join(path) or str(where[0])
+        message = MESSAGES.get(kind, problem["msg"])
+        errors.setdefault(field, []).append({"error_type": kind.upper(), "error_message": message})
+    said = [f"{field}: {item['error_message']}" for field, at in errors.items() for item in at]
+    detail = "invalid request: " + "; ".join(said[:3])
+    if len(said) > 3:
+        detail += f"; and {len(said) - 3} more"
+    body = {"detail": detail, "error": "invalid_input", "errors": errors}
+    return JSONResponse(body, status_code=422)
+
+
 def create_app(client_factory: Callable[[], RDStation] | None = None) -> FastAPI:
     """The app; its client comes from ``client_factory``, or from the environment by default."""
     app = FastAPI(
@@ -304,6 +398,7 @@ def create_app(client_factory: Callable[[], RDStation] | None = None) -> FastAPI
         lifespan=rdstation_lifespan(client_factory, app_lifespan=job_lifespan),
     )
     install_exception_handlers(app)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
     return app
 

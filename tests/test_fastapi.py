@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
+import json
 import logging
 import socket
 import subprocess
@@ -191,33 +192,112 @@ async def test_put_null_owner_clears_it_and_absent_owner_keeps_it(fake: FakeRDSt
     assert fake.contact("bia@example.com").opportunity is True
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param({}, id="empty"),
-        pytest.param({"lifecycle_stage": None}, id="null-stage"),
-        pytest.param({"opportunity": None}, id="null-opportunity"),
-        pytest.param({"contact_owner_email": "not an email"}, id="bad-owner"),
-    ],
+#: What a message for the app's users must not hold: Python's words and the example's classes.
+PYTHON_WORDS = (
+    "None",
+    "True",
+    "False",
+    "FunnelUpdate",
+    "FunnelChange",
+    "ContactChange",
+    "JobRequest",
+    "Value error",
+    "dict",
 )
+
+
+def assert_422_shape(response: httpx.Response) -> dict[str, Any]:
+    """Every 422 of the example: ``{"detail": str, "error": code, "errors": {field: [item]}}``,
+    each item ``{"error_type": str, "error_message": str}``, as rdfunnel answers RD's refusals."""
+    assert response.status_code == 422, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"detail", "error", "errors"}, body
+    assert isinstance(body["detail"], str)
+    assert body["error"] in ("invalid_input", "rejected_by_rdstation")
+    assert isinstance(body["errors"], dict)
+    assert body["errors"]
+    for field, items in body["errors"].items():
+        assert isinstance(field, str)
+        assert field
+        assert isinstance(items, list)
+        assert items
+        for item in items:
+            assert set(item) == {"error_type", "error_message"}, item
+            assert isinstance(item["error_type"], str)
+            assert isinstance(item["error_message"], str)
+    for word in PYTHON_WORDS:
+        assert word not in response.text, (word, body)
+    return body
+
+
+BAD_CHANGES = [
+    pytest.param({}, "body", "EMPTY_CHANGE", id="empty"),
+    pytest.param({"lifecycle_stage": None}, "lifecycle_stage", "CANNOT_BE_NULL", id="null-stage"),
+    pytest.param({"opportunity": None}, "opportunity", "CANNOT_BE_NULL", id="null-opportunity"),
+    pytest.param(
+        {"contact_owner_email": "not an email"}, "contact_owner_email", "INVALID_EMAIL", id="owner"
+    ),
+    pytest.param(
+        {"contact_owner_email": "o" * 95 + "@example.com"},
+        "contact_owner_email",
+        "STRING_TOO_LONG",
+        id="long-owner",
+    ),
+    pytest.param({"lifecycle_stage": "Prospect"}, "lifecycle_stage", "ENUM", id="bad-stage"),
+    pytest.param({"opportunity": "maybe"}, "opportunity", "BOOL_PARSING", id="bad-bool"),
+    pytest.param({"stage": "Client"}, "stage", "EXTRA_FORBIDDEN", id="unknown-field"),
+    pytest.param([1], "body", "MODEL_ATTRIBUTES_TYPE", id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "error_type"), BAD_CHANGES)
 async def test_put_invalid_change_is_422_before_anything_is_sent(
-    fake: FakeRDStation, body: dict[str, Any]
+    fake: FakeRDStation, body: Any, field: str, error_type: str
 ) -> None:
     async with serve(example_app(fake)) as client:
         response = await client.put("/contacts/contact-1@example.com/funnel", json=body)
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid_input"
-    assert fake.stats.count("funnels.put") == 0
-
-
-async def test_put_body_is_checked_by_pydantic(fake: FakeRDStation) -> None:
-    async with serve(example_app(fake)) as client:
-        unknown = await client.put("/contacts/a@example.com/funnel", json={"stage": "Client"})
-        bad_stage = await client.put(
-            "/contacts/a@example.com/funnel", json={"lifecycle_stage": "Prospect"}
-        )
-    assert unknown.status_code == bad_stage.status_code == 422
+    answer = assert_422_shape(response)
+    assert answer["error"] == "invalid_input"
+    assert [item["error_type"] for item in answer["errors"][field]] == [error_type]
+    assert answer["detail"].startswith(f"invalid request: {field}: ")
     assert fake.stats.count() == 0
+
+
+async def test_a_body_that_is_not_json_is_422_in_the_same_shape(fake: FakeRDStation) -> None:
+    async with serve(example_app(fake)) as client:
+        response = await client.put(
+            "/contacts/contact-1@example.com/funnel",
+            content=b'{"opportunity": tru',
+            headers={"content-type": "application/json"},
+        )
+    answer = assert_422_shape(response)
+    assert answer["errors"] == {
+        "body": [{"error_type": "JSON_INVALID", "error_message": "is not valid JSON"}]
+    }
+    assert "tru" not in response.text  # the input is never echoed back
+    assert fake.stats.count() == 0
+
+
+async def test_the_readme_shows_a_422_as_the_example_answers_it(fake: FakeRDStation) -> None:
+    readme = (EXAMPLE.parent.parent / "README.md").read_text(encoding="utf-8")
+    shown = json.loads(
+        readme.split("Its 422s all have one shape")[1].split("```json")[1].split("```")[0]
+    )
+    async with serve(example_app(fake)) as client:
+        response = await client.put(
+            "/contacts/contact-1@example.com/funnel", json={"lifecycle_stage": None}
+        )
+    assert assert_422_shape(response) == shown
+
+
+async def test_a_422_names_every_problem_and_sums_them_up(fake: FakeRDStation) -> None:
+    body = {"lifecycle_stage": None, "opportunity": "maybe", "owner": 1, "extra": 2}
+    async with serve(example_app(fake)) as client:
+        response = await client.put("/contacts/contact-1@example.com/funnel", json=body)
+    answer = assert_422_shape(response)
+    assert set(answer["errors"]) == {"lifecycle_stage", "opportunity", "owner", "extra"}
+    assert answer["detail"].startswith("invalid request: lifecycle_stage: cannot be null")
+    assert answer["detail"].endswith("; and 1 more")
 
 
 # -- error mappings, driven through the fake ---------------------------------------------------
@@ -225,10 +305,13 @@ async def test_put_body_is_checked_by_pydantic(fake: FakeRDStation) -> None:
 
 async def test_bad_contact_is_422(fake: FakeRDStation) -> None:
     async with serve(example_app(fake)) as client:
-        response = await client.get("/contacts/not-a-contact/funnel")
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid_input"
-    assert "neither an email address nor a UUID" in response.json()["detail"]
+        got = await client.get("/contacts/not-a-contact/funnel")
+        put = await client.put("/contacts/ana@exa mple.com/funnel", json={"opportunity": True})
+    answer = assert_422_shape(got)
+    assert answer["error"] == "invalid_input"
+    assert "neither an email address nor a UUID" in answer["detail"]
+    assert answer["errors"]["contact"][0]["error_type"] == "INVALID_CONTACT"
+    assert assert_422_shape(put)["errors"]["contact"][0]["error_type"] == "INVALID_CONTACT"
     assert fake.stats.count() == 0
 
 
@@ -246,8 +329,7 @@ async def test_change_refused_by_rd_is_422_with_field_details(fake: FakeRDStatio
             "/contacts/contact-1@example.com/funnel",
             json={"contact_owner_email": "stranger@example.com"},
         )
-    assert response.status_code == 422
-    body = response.json()
+    body = assert_422_shape(response)  # RD's refusal, in the same shape as the app's own
     assert body["error"] == "rejected_by_rdstation"
     assert "stranger@example.com was not found" in body["detail"]
     assert body["errors"]["contact_owner_email"][0]["error_type"] == "INVALID_USER"
@@ -693,7 +775,7 @@ async def test_a_bulk_job_reports_progress_and_per_item_failures(fake: FakeRDSta
     changes: list[dict[str, Any]] = [
         {"contact": f"contact-{i}@example.com", "lifecycle_stage": "Client"} for i in range(10)
     ]
-    changes.insert(3, {"contact": "nobody@example.com", "opportunity": True})
+    changes.insert(3, {"contact": "NoBody@Example.com", "opportunity": True})
     changes.insert(7, {"contact": "contact-20@example.com", "contact_owner_email": "x@example.com"})
     fake.faults = Faults(latency=0.1)  # a job that takes some polls to finish
     reports: list[dict[str, Any]] = []
@@ -710,8 +792,8 @@ async def test_a_bulk_job_reports_progress_and_per_item_failures(fake: FakeRDSta
     assert final["total"] == final["done"] == 12
     assert (final["succeeded"], final["failed"], final["not_attempted"]) == (10, 2, 0)
     assert [(f["index"], f["contact"], f["error"]) for f in final["failures"]] == [
-        (3, "email:nobody@example.com", "NotFoundError"),
-        (7, "email:contact-20@example.com", "BadRequestError"),
+        (3, "NoBody@Example.com", "NotFoundError"),  # as the client wrote it
+        (7, "contact-20@example.com", "BadRequestError"),
     ]
     assert "x@example.com was not found" in final["failures"][1]["detail"]
     assert all(
@@ -731,15 +813,25 @@ async def test_a_job_with_a_bad_change_is_refused_whole(fake: FakeRDStation) -> 
         {"contact": "contact-1@example.com", "opportunity": True},
         {"contact": "not-a-contact", "opportunity": True},
         {"contact": "contact-2@example.com"},
+        {"contact": "contact-3@example.com", "lifecycle_stage": "Prospect"},
+        {"contact": "contact-4@example.com", "opportunity": None},
+        7,
     ]
     async with serve(example_app(fake)) as client:
         response = await client.post("/funnel-jobs", json={"changes": changes})
+        empty = await client.post("/funnel-jobs", json={"changes": []})
         missing = await client.get("/funnel-jobs/no-such-job")
-    assert response.status_code == 422
-    assert [p["loc"] for p in response.json()["detail"]] == [
-        ["body", "changes", 1],
-        ["body", "changes", 2],
-    ]
+    answer = assert_422_shape(response)
+    assert {
+        field: [i["error_type"] for i in items] for field, items in answer["errors"].items()
+    } == {
+        "changes.1.contact": ["INVALID_CONTACT"],
+        "changes.2": ["EMPTY_CHANGE"],
+        "changes.3.lifecycle_stage": ["ENUM"],
+        "changes.4.opportunity": ["CANNOT_BE_NULL"],
+        "changes.5": ["MODEL_ATTRIBUTES_TYPE"],
+    }
+    assert "changes" in assert_422_shape(empty)["errors"]
     assert fake.stats.count() == 0
     assert missing.status_code == 404
 
