@@ -7,6 +7,7 @@ keeps both sides on one timeline, so a 1-second ``retry-after-quotas`` costs no 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,7 @@ from rdfunnel.errors import (
     ServerError,
     TransportError,
 )
-from rdfunnel.testing import FakeRDStation, Faults, Limits
+from rdfunnel.testing import FakeRDStation, Faults, Limits, plugin
 from rdfunnel.testing.plugin import (  # noqa: F401
     rdstation,
     rdstation_fake,
@@ -277,3 +278,19 @@ async def test_rdstation_fixture(rdstation: RDStation, rdstation_fake: FakeRDSta
     result: Any = await rdstation.funnels.get("fixture@example.com")
     assert isinstance(result, Funnel)
     assert rdstation_fake.stats.count("funnels.get", 200) == 1
+
+
+@pytest.mark.rdstation_fake(faults=Faults(json_503=1.0))
+async def test_rdstation_fixture_retries_with_short_backoffs(
+    rdstation: RDStation,  # noqa: F811
+    rdstation_fake: FakeRDStation,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rdstation_fake.add_contact(ANA)
+    caplog.set_level(logging.INFO, logger="rdfunnel")
+    with pytest.raises(ServerError) as info:
+        await rdstation.funnels.get(ANA)
+    assert info.value.attempts == 4  # the default policy's 3 retries, all made
+    waits = [r.wait for r in caplog.records if getattr(r, "event", None) == "retry_scheduled"]
+    assert len(waits) == 3
+    assert all(0 <= wait <= plugin.BACKOFF_CAP for wait in waits)  # the default: up to 2 s each

@@ -3,12 +3,16 @@
 Options for the fake come from the ``rdstation_fake_options`` fixture (override it in a conftest)
 and then from ``@pytest.mark.rdstation_fake(**options)`` on a test. The fake and the client are
 imported inside the fixtures, when a test first asks for them.
+
+The fixtures are async, declared with ``pytest_asyncio.fixture``, so they work in pytest-asyncio's
+strict mode and in its auto mode alike. Install pytest-asyncio with ``pip install
+'rdfunnel[testing]'``; without it, a test that asks for them fails with a message that says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -19,21 +23,23 @@ if TYPE_CHECKING:
 
 __all__ = ["rdstation", "rdstation_fake", "rdstation_fake_options"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 try:
     import pytest_asyncio
 
-    _HAVE_PYTEST_ASYNCIO = True
-except ImportError:  # pragma: no cover - the fixtures then fail with a clear message
-    _HAVE_PYTEST_ASYNCIO = False
+    HAVE_PYTEST_ASYNCIO = True
+except ImportError:  # the fixtures then fail with a clear message
+    HAVE_PYTEST_ASYNCIO = False
 
+#: What a test that asks for the fixtures is told when pytest-asyncio is not installed.
+NEEDS_PYTEST_ASYNCIO = (
+    "the rdstation_fake and rdstation fixtures need pytest-asyncio, which is not installed: "
+    "pip install 'rdfunnel[testing]' (or pip install pytest-asyncio)"
+)
 
-def _async_fixture(function: _F) -> _F:
-    """``pytest_asyncio.fixture`` (works in strict and auto mode), or a plain fixture without it."""
-    if _HAVE_PYTEST_ASYNCIO:
-        return cast(_F, pytest_asyncio.fixture(function))
-    return cast(_F, pytest.fixture(function))
+#: The ``rdstation`` client's backoffs, in seconds: a test of retries should not wait for them.
+#: The number of retries is the default policy's, and wait hints (``Retry-After``) are obeyed.
+BACKOFF_BASE = 0.001
+BACKOFF_CAP = 0.01
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,13 +56,10 @@ def rdstation_fake_options() -> dict[str, Any]:
     return {}
 
 
-@_async_fixture
-async def rdstation_fake(
+async def _rdstation_fake(
     request: pytest.FixtureRequest, rdstation_fake_options: dict[str, Any]
 ) -> AsyncIterator[FakeRDStation]:
     """A running FakeRDStation on 127.0.0.1, closed after the test."""
-    if not _HAVE_PYTEST_ASYNCIO:  # pragma: no cover
-        pytest.fail("the rdstation_fake fixture needs pytest-asyncio (pip install pytest-asyncio)")
     from ._server import FakeRDStation
 
     options = dict(rdstation_fake_options)
@@ -66,8 +69,29 @@ async def rdstation_fake(
         yield fake
 
 
-@_async_fixture
-async def rdstation(rdstation_fake: FakeRDStation) -> AsyncIterator[RDStation]:
-    """An RDStation client bound to ``rdstation_fake``, closed after the test."""
-    async with rdstation_fake.client() as client:
+async def _rdstation(rdstation_fake: FakeRDStation) -> AsyncIterator[RDStation]:
+    """An RDStation client bound to ``rdstation_fake``, closed after the test.
+
+    It retries as the default :class:`~rdfunnel.RetryPolicy` does, with millisecond backoffs.
+    """
+    from rdfunnel import RetryPolicy
+
+    retry = RetryPolicy(backoff_base=BACKOFF_BASE, backoff_cap=BACKOFF_CAP)
+    async with rdstation_fake.client(retry=retry) as client:
         yield client
+
+
+def _needs_pytest_asyncio() -> NoReturn:
+    pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
+
+
+# Without pytest-asyncio, pytest would not run an async fixture at all (it fails the test with a
+# message of its own, or an AssertionError): plain fixtures that say what is missing stand in.
+rdstation_fake: Any
+rdstation: Any
+if HAVE_PYTEST_ASYNCIO:
+    rdstation_fake = pytest_asyncio.fixture(_rdstation_fake, name="rdstation_fake")
+    rdstation = pytest_asyncio.fixture(_rdstation, name="rdstation")
+else:
+    rdstation_fake = pytest.fixture(_needs_pytest_asyncio, name="rdstation_fake")
+    rdstation = pytest.fixture(_needs_pytest_asyncio, name="rdstation")
