@@ -1,4 +1,5 @@
-"""Shared fixtures: a virtual clock, so no test waits on a real one, and the wire mock."""
+"""Shared fixtures: a virtual clock, so no test waits on a real one, the wire mock, a test CA
+and a forward proxy on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import asyncio
 import heapq
 import inspect
 import itertools
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from unittest.mock import Mock
 
 import aiohttp
 import aioresponses.core
 import pytest
+import trustme
 from aioresponses import aioresponses as Aioresponses
+
+from .proxy import ForwardProxy
+
+#: Proxy variables a test must not inherit from the machine running it (either case is read).
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
 
 
 class VirtualClock:
@@ -88,3 +96,41 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aioresponses]:
     monkeypatch.setattr(aioresponses.core, "ClientResponse", _ClientResponse)
     with Aioresponses() as mocked:
         yield mocked
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test certificate authority."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_ssl(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate from :func:`ca` for ``127.0.0.1`` and ``rd.test``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "rd.test").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts :func:`ca`, and only it."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ForwardProxy]:
+    """A forward proxy on 127.0.0.1 that alone resolves ``rd.test`` (to 127.0.0.1)."""
+    async with ForwardProxy(hosts={"rd.test": "127.0.0.1"}) as running:
+        yield running
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable from the machine running the tests."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch

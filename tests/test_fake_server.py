@@ -6,7 +6,9 @@ error body is fed to rdfunnel.errors.error_from_response to prove the SDK reads 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -742,3 +744,42 @@ async def test_plugin_marker_passes_options(
 ) -> None:
     assert len(rdstation_fake.contacts) == 2
     assert rdstation_fake.url.startswith("http://127.0.0.1:")
+
+
+# -- in flight, request ids, TLS -------------------------------------------------------------
+
+
+async def test_max_in_flight_counts_requests_handled_at_once(http: Any) -> None:
+    async with FakeRDStation(contacts=5, faults=Faults(latency=0.05)) as fake:
+        token = fake.issue_access_token()
+        urls = [fake.url + FUNNEL.format(f"email:contact-{i}@example.com") for i in range(5)]
+        replies = await asyncio.gather(*(send(http, "GET", url, token=token) for url in urls))
+        assert [reply.status for reply in replies] == [200] * 5
+        assert fake.stats.max_in_flight == 5
+        await send(http, "GET", urls[0], token=token)
+        assert fake.stats.max_in_flight == 5  # the most at once, not the latest
+        fake.reset_stats()
+        assert fake.stats.max_in_flight == 0
+        await send(http, "GET", urls[0], token=token)
+        assert fake.stats.max_in_flight == 1
+
+
+async def test_every_answer_carries_its_own_request_id(fake: FakeRDStation, http: Any) -> None:
+    token = await access(fake, http)
+    found = await send(http, "GET", fake.url + FUNNEL.format("email:ana@example.com"), token=token)
+    missing = await send(http, "GET", fake.url + FUNNEL.format("email:no@example.com"), token=token)
+    refused = await send(http, "POST", fake.url + "/auth/token", json={"refresh_token": "x"})
+    ids = [reply.headers.get("X-Request-Id") for reply in (found, missing, refused)]
+    assert all(ids) and len(set(ids)) == 3
+
+
+async def test_the_fake_serves_tls_with_the_context_given(
+    server_ssl: ssl.SSLContext, trusting: ssl.SSLContext, http: Any
+) -> None:
+    async with FakeRDStation(ssl=server_ssl) as fake:
+        assert fake.url.startswith("https://127.0.0.1:")
+        async with http.get(fake.url + "/marketing/account_info", ssl=trusting) as reply:
+            assert reply.status == 401  # over TLS, verified against the test CA
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(fake.url + "/marketing/account_info"):
+                pass

@@ -7,7 +7,8 @@ bytes; nothing is logged.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+import uuid
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final
 from urllib.parse import unquote
 
@@ -25,9 +26,29 @@ __all__ = ["ApiRoutes", "application"]
 _CONTACTS: Final = "/platform/contacts/"
 
 
-def application(api: ApiRoutes, oauth: OAuthRoutes) -> web.Application:
+#: The header each answer names its request in (RD's own is unconfirmed: the client also reads
+#: the API gateway's ``x-amzn-RequestId``).
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def application(api: ApiRoutes, oauth: OAuthRoutes, counters: Counters) -> web.Application:
     """Every route the fake serves; anything else is RD's 404."""
-    app = web.Application()
+
+    @web.middleware
+    async def track(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Count the requests in flight, and give every answer a request id, as RD does."""
+        counters.started()
+        try:
+            response = await handler(request)
+        finally:
+            counters.finished()
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = str(uuid.uuid4())
+        return response
+
+    app = web.Application(middlewares=[track])
     router = app.router
     router.add_get("/auth/dialog", oauth.dialog)
     router.add_post("/auth/token", oauth.token)

@@ -4,6 +4,7 @@ a test drives it with."""
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType, TracebackType
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeRDStation"]
 
+#: Connections waiting to be accepted: room for a burst of a few hundred new ones at once
+#: (aiohttp's default, 128, makes the rest of such a burst retry its SYN a second later).
+_BACKLOG = 1024
+
 
 class FakeRDStation:
     """A faithful RD Station Marketing server on aiohttp.web, for tests, demos and benchmarks.
@@ -34,7 +39,9 @@ class FakeRDStation:
     bodies, optional rate limits and seeded faults. Use ``async with FakeRDStation() as fake:``.
 
     ``clock`` (default :func:`time.monotonic`) drives token and code expiry and the rate-limit
-    windows, so tests move time instead of sleeping.
+    windows, so tests move time instead of sleeping. ``ssl`` (a server-side
+    :class:`ssl.SSLContext` holding its certificate) serves it over TLS, at an ``https://`` URL.
+    Every answer carries an ``X-Request-Id``.
     """
 
     def __init__(
@@ -56,11 +63,13 @@ class FakeRDStation:
         missing_owner: Literal["null", "omit"] = "null",
         expired_header: ExpiredHeader = "www-authenticate",
         clock: Callable[[], float] = time.monotonic,
+        ssl: ssl.SSLContext | None = None,
     ) -> None:
         if token_lifetime <= 0:
             raise ValueError(f"token_lifetime must be > 0, got {token_lifetime!r}")
         self._host = host
         self._port = port
+        self._ssl = ssl
         self._clock = clock
         self._counters = Counters()
         self._tokens = TokenBook(token_lifetime, rotate_refresh_tokens)
@@ -103,20 +112,25 @@ class FakeRDStation:
         if self._runner is not None:
             raise RuntimeError("this FakeRDStation is already running")
         runner = web.AppRunner(
-            application(self._api, self._oauth),
+            application(self._api, self._oauth, self._counters),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=0.5,
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            await web.TCPSite(
+                runner, self._host, self._port, ssl_context=self._ssl, backlog=_BACKLOG
+            ).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         host, port = runner.addresses[0][:2]
-        self._url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        scheme = "http" if self._ssl is None else "https"
+        self._url = (
+            f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+        )
 
     async def close(self) -> None:
         """Stop listening; answers held back by slow faults are released first."""
@@ -143,7 +157,8 @@ class FakeRDStation:
 
     @property
     def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:54321``, once started."""
+        """The base URL, e.g. ``http://127.0.0.1:54321`` (``https://`` with ``ssl``), once
+        started."""
         if self._url is None:
             raise RuntimeError("the FakeRDStation is not running: use `async with` or start()")
         return self._url
