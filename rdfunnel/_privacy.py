@@ -20,6 +20,8 @@ FUNNEL_ROUTE = "/platform/contacts/{contact}/funnels/{funnel}"
 
 _SEGMENT = re.compile(r"[^/]+")
 #: An address anywhere in free text (an aiohttp message may quote the URL), raw or %-encoded.
+#: A URL's user and password (``scheme://user:password@host``).
+_USERINFO = re.compile(r"(://)[^/\s@]*@")
 _ADDRESS = re.compile(r"([^\s/:'\"<>(),;=?&]+)(@|%40)([^\s/'\"<>(),;?&]+)", re.IGNORECASE)
 
 
@@ -71,7 +73,9 @@ def _masked_segment(segment: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """``text`` with every address in it masked: for messages that quote what others said."""
+    """``text`` with every address in it masked, and any URL's password: for messages that quote
+    what others said."""
     if "@" not in text and "%40" not in text.lower():
         return text
-    return _ADDRESS.sub(lambda m: f"{m[1][:1]}***@{unquote(m[3])}", text)
+    text = _ADDRESS.sub(lambda m: f"{m[1][:1]}***@{unquote(m[3])}", text)
+    return _USERINFO.sub(r"\1***@", text)

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from .errors import ValidationError
 
-__all__ = ["DEFAULT_BASE_URL", "check_url"]
+__all__ = ["DEFAULT_BASE_URL", "check_url", "is_loopback"]
 
 DEFAULT_BASE_URL = "https://api.rd.services"
 
@@ -17,12 +17,13 @@ def check_url(url: str, what: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         return url
     raise ValidationError(f"{what} must be an https:// URL (http:// only for loopback): {url!r}")
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback address."""
     if not host:
         return False
     if host.lower() in ("localhost", "localhost.localdomain"):

@@ -13,6 +13,7 @@ from yarl import URL
 
 from . import _credentials
 from ._clock import SYSTEM_CLOCK, Clock
+from ._network import DEFAULT_CONNECTION_LIMIT, SSLSetting, network_settings
 from ._observe import Hook, Observer
 from ._pipeline import USER_AGENT, Pipeline
 from ._privacy import route_of
@@ -28,7 +29,14 @@ from .ratelimit import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .tokens import FileTokenStore, MemoryTokenStore, Token, TokenStore
 
-__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Funnels", "RDStation", "funnel_path"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CONNECTION_LIMIT",
+    "USER_AGENT",
+    "Funnels",
+    "RDStation",
+    "funnel_path",
+]
 
 
 #: What :meth:`RDStation.from_env` reads: (argument, environment variable).
@@ -60,8 +68,9 @@ class RDStation:
     """An RD Station Marketing client: one per application, shared by every task.
 
     Use it as ``async with RDStation(...) as rd:`` or call :meth:`close` when done. The aiohttp
-    session is created on first use, inside the running event loop; pass ``session=`` to use your
-    own (rdfunnel never closes it).
+    session is created on first use, inside the running event loop, with ``proxy=``,
+    ``trust_env=``, ``ssl=`` and ``connection_limit=``; pass ``session=`` to use your own instead
+    (rdfunnel never closes it).
     """
 
     def __init__(
@@ -79,6 +88,10 @@ class RDStation:
         token_style: TokenStyle = "json",
         refresh_leeway: float = 300.0,
         session: aiohttp.ClientSession | None = None,
+        proxy: str | None = None,
+        trust_env: bool | None = None,
+        ssl: SSLSetting = None,
+        connection_limit: int | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = 30.0,
         max_rate: float | None = None,
@@ -104,6 +117,14 @@ class RDStation:
         if not isinstance(base_url, str):
             raise ValidationError(f"base_url must be a str, got {base_url!r}")
         base_url = check_url(base_url, "base_url")
+        network = network_settings(
+            proxy=proxy,
+            trust_env=trust_env,
+            ssl=ssl,
+            connection_limit=connection_limit,
+            session=session,
+            urls=(base_url, *([token_url] if token_url else [])),
+        )
         if token_style not in ("json", "form"):
             raise ValidationError(f"token_style must be 'json' or 'form', got {token_style!r}")
         if clear_owner_as not in ("string", "null"):
@@ -121,7 +142,7 @@ class RDStation:
             token_store=token_store,
         )
         self._base_url = base_url.rstrip("/")
-        self._transport = Transport(timeout=timeout, session=session)
+        self._transport = Transport(timeout=timeout, session=session, network=network)
         self._pipeline = Pipeline(
             self._transport,
             retry=retry or RetryPolicy(),

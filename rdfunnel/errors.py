@@ -22,6 +22,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "CertificateError",
     "ExpiredCodeGrantError",
     "ForbiddenError",
     "InvalidCredentialsError",
@@ -80,6 +81,17 @@ class TransportError(RDStationError):
 
 class RequestTimeoutError(TransportError):
     """The request did not get an answer in time."""
+
+
+class CertificateError(TransportError):
+    """The server's TLS certificate could not be verified against the CAs the client trusts.
+
+    Not retried, and it stops a bulk run: no request to that host can succeed until the client
+    trusts its CA (``RDStation(ssl=ssl.create_default_context(cafile=...))``).
+    """
+
+    retryable = False
+    terminal = True
 
 
 class APIError(RDStationError):

@@ -87,7 +87,8 @@ class Funnels:
         changes finish, at most ``concurrency + lookahead`` ahead (default lookahead: the larger
         of 1,024 and 8 per worker). Changes to one contact run one at a time, in input order,
         without holding a worker while they wait. ``max_rate`` caps this run's requests per
-        second, on top of the client's own cap.
+        second, on top of the client's own cap. More workers than the client's
+        ``connection_limit`` queue for connections.
         """
         # The run admits each change's first send; its retries pass the same limiter in the
         # transport, so the cap counts every request the run makes.

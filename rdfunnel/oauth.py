@@ -23,6 +23,7 @@ from authlib.oauth2.rfc7009.parameters import prepare_revoke_token_request
 from yarl import URL
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._network import SSLSetting, network_settings
 from ._pipeline import Pipeline
 from ._serde import dumps, loads
 from ._transport import Answer, Request, Transport
@@ -242,8 +243,12 @@ def _ignored(answer: Answer) -> None:
 
 def _once(app: OAuthApp, session: aiohttp.ClientSession, clock: Clock) -> TokenEndpoint:
     """``app``'s endpoint over ``session``, sending each request once: no retries, no rate cap."""
+    return _endpoint(app, Transport(timeout=app.timeout, session=session), clock)
+
+
+def _endpoint(app: OAuthApp, transport: Transport, clock: Clock) -> TokenEndpoint:
     pipeline = Pipeline(
-        Transport(timeout=app.timeout, session=session),
+        transport,
         retry=RetryPolicy(max_retries=0),
         limiter=LocalRateLimiter(clock=clock),
         clock=clock,
@@ -279,16 +284,26 @@ async def exchange_code(
     token_url: str | None = None,
     style: TokenStyle = "json",
     session: aiohttp.ClientSession | None = None,
+    proxy: str | None = None,
+    trust_env: bool | None = None,
+    ssl: SSLSetting = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> Token:
     """Trade the code RD sent to the redirect URI for a :class:`Token`.
 
-    Uses ``session`` when given; otherwise opens a session for this one request and closes it.
+    Uses ``session`` when given; otherwise opens a session for this one request, with ``proxy``,
+    ``trust_env`` and ``ssl`` as for :class:`~rdfunnel.RDStation`, and closes it.
     """
     app = OAuthApp.for_base_url(
         client_id, client_secret, base_url, token_url=token_url, style=style
     )
+    network = network_settings(
+        proxy=proxy, trust_env=trust_env, ssl=ssl, session=session, urls=(app.token_url,)
+    )
     if session is not None:
         return await app.exchange_code(session, code, redirect_uri, clock=clock)
-    async with aiohttp.ClientSession() as own:
-        return await app.exchange_code(own, code, redirect_uri, clock=clock)
+    transport = Transport(timeout=app.timeout, network=network)
+    try:
+        return await _endpoint(app, transport, clock).exchange_code(code, redirect_uri)
+    finally:
+        await transport.close()

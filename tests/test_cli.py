@@ -23,6 +23,9 @@ import pytest
 
 from rdfunnel.testing import FakeRDStation, Faults
 
+from .conftest import PROXY_VARIABLES
+from .proxy import ForwardProxy
+
 OWNERS = ("ana@rdfunnel.example", "bruno@rdfunnel.example")
 TIMEOUT = 30.0  # seconds any one command may take before the test gives up on it
 
@@ -61,10 +64,11 @@ class Cli:
         """Start the command; ``env`` overrides the fake's settings (None: leave unset)."""
         self._remember_tokens()
         settings = {**self.env, **env}
-        base = {
+        base = {  # the command trusts its environment's proxies: none from the test machine
             key: value
             for key, value in os.environ.items()
             if not key.startswith(("RDSTATION_", "RDFUNNEL_"))
+            and key.upper() not in PROXY_VARIABLES
         }
         environment = {key: value for key, value in settings.items() if value is not None}
         return await asyncio.create_subprocess_exec(
@@ -692,3 +696,76 @@ async def wait_for_lines(path: Path, count: int) -> None:
 
 def lines_in(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
+
+
+# -- proxies ---------------------------------------------------------------------------------
+
+
+async def test_proxy_flag_sends_token_and_api_requests_through_it(
+    cli: Cli, fake: FakeRDStation, proxy: ForwardProxy
+) -> None:
+    result = await cli("--proxy", proxy.url, "funnel", "get", "contact-1@example.com")
+
+    assert result.code == OK, result.stderr
+    assert proxy.requests == [
+        f"POST {fake.url}/auth/token",
+        f"GET {fake.url}/platform/contacts/email:contact-1@example.com/funnels/default",
+    ]
+
+
+async def test_the_environments_proxy_is_used_unless_no_proxy_exempts_the_host(
+    cli: Cli, proxy: ForwardProxy
+) -> None:
+    result = await cli("funnel", "get", "contact-1@example.com", HTTP_PROXY=proxy.url)
+    assert result.code == OK, result.stderr
+    assert len(proxy.requests) == 2
+
+    result = await cli(
+        "funnel", "get", "contact-2@example.com", HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1"
+    )
+    assert result.code == OK, result.stderr
+    assert len(proxy.requests) == 2  # nothing more went through it
+
+
+async def test_a_bulk_run_goes_through_the_proxy(
+    cli: Cli, fake: FakeRDStation, proxy: ForwardProxy
+) -> None:
+    changes = write(cli.folder / "changes.csv", "email,opportunity\ncontact-1@example.com,true\n")
+
+    result = await cli("--proxy", proxy.url, "bulk", str(changes), "--concurrency", "300")
+
+    assert result.code == OK, result.stderr
+    assert [line.split(" ")[0] for line in proxy.requests] == ["POST", "PUT"]
+
+
+async def test_auth_login_exchanges_the_code_through_the_proxy(
+    cli: Cli, fake: FakeRDStation, proxy: ForwardProxy
+) -> None:
+    process = await cli.start(
+        "auth",
+        "login",
+        "--no-open",
+        "--port",
+        "0",
+        RDSTATION_REFRESH_TOKEN=None,
+        HTTPS_PROXY=None,
+        HTTP_PROXY=proxy.url,
+    )
+    assert process.stdout is not None
+    url = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT)).decode().strip()
+    async with aiohttp.ClientSession() as browser, browser.get(url) as page:
+        assert page.status == 200
+    result = await cli.finish(process)
+
+    assert result.code == OK, result.stderr
+    assert proxy.requests == [f"POST {fake.url}/auth/token?token_by=code"]
+
+
+@pytest.mark.parametrize("value", ["ftp://proxy.example", "http://ana:s3cret@:3128"])
+async def test_a_bad_proxy_is_a_usage_error(cli: Cli, fake: FakeRDStation, value: str) -> None:
+    result = await cli("--proxy", value, "funnel", "get", "contact-1@example.com")
+
+    assert result.code == USAGE
+    assert "proxy must be an http:// or https:// URL" in result.stderr
+    assert "s3cret" not in result.output
+    assert fake.stats.count() == 0

@@ -7,6 +7,7 @@ with --resume once it resets); 130 interrupted (resume with --resume).
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import sys
@@ -19,7 +20,9 @@ try:
 except ImportError:  # pragma: no cover - the message is the behaviour
     sys.exit("the rdfunnel command needs its extra: pip install 'rdfunnel[cli]'")
 
-from ..client import DEFAULT_BASE_URL
+from .._network import network_settings
+from ..client import DEFAULT_BASE_URL, DEFAULT_CONNECTION_LIMIT
+from ..errors import ValidationError
 from ._bulk import Outcome, check_file, run_bulk
 from ._common import (
     EXIT_AUTH,
@@ -74,10 +77,20 @@ class _Command(click.Group):
     show_default=True,
     help="[env: RDFUNNEL_TOKEN_FILE]",
 )
+@click.option(
+    "--proxy",
+    metavar="URL",
+    help="send every request through this HTTP proxy, e.g. http://proxy.example:3128 "
+    "[default: HTTPS_PROXY, HTTP_PROXY and NO_PROXY from the environment]",
+)
 @click.version_option(package_name="rdfunnel")
 @click.pass_context
 def cli(ctx: click.Context, /, **options: Any) -> None:
     """Drive RD Station Marketing's contact funnel from the terminal."""
+    try:
+        network_settings(proxy=options["proxy"])  # a bad --proxy fails before anything starts
+    except ValidationError as exc:
+        fail(str(exc))
     ctx.obj = Settings(**options)
 
 
@@ -133,9 +146,10 @@ def bulk(
             "or not UTF-8 JSON); their rows count as not done[/]",
             highlight=False,
         )
-    outcome = run(
-        run_bulk(settings.client, file, journal, concurrency=concurrency, max_rate=max_rate)
-    )
+    # Room in the pool for every worker: none waits for a connection.
+    limit = max(DEFAULT_CONNECTION_LIMIT, concurrency)
+    connect = functools.partial(settings.client, connection_limit=limit)
+    outcome = run(run_bulk(connect, file, journal, concurrency=concurrency, max_rate=max_rate))
     report(outcome, journal_path)
     sys.exit(exit_status(outcome))
 
@@ -189,6 +203,7 @@ def auth_login(settings: Settings, port: int, open_browser: bool, timeout: float
                 client_secret=client_secret,
                 base_url=settings.base_url,
                 store=settings.store(),
+                network=settings.network,
                 port=port,
                 open_browser=open_browser,
                 show=show,

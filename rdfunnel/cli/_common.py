@@ -34,13 +34,23 @@ class Aborted(Exception):
 
 @attrs.frozen
 class Settings:
-    """Where to reach RD Station and with which credentials (flags, else the environment)."""
+    """Where to reach RD Station and with which credentials (flags, else the environment).
+
+    Requests go through ``proxy`` when given, else through the environment's (``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``NO_PROXY``): the command trusts its environment, as curl does.
+    """
 
     client_id: str | None
     client_secret: str | None = attrs.field(repr=False)
     refresh_token: str | None = attrs.field(repr=False)
     base_url: str
     token_file: Path
+    proxy: str | None = None
+
+    @property
+    def network(self) -> dict[str, Any]:
+        """The proxy settings every session the command opens takes."""
+        return {"proxy": self.proxy, "trust_env": True}
 
     def store(self) -> FileTokenStore:
         return FileTokenStore(self.token_file)
@@ -64,6 +74,7 @@ class Settings:
             refresh_token=self.refresh_token,
             token_store=self.store(),
             base_url=self.base_url,
+            **self.network,
             **kwargs,
         )
 

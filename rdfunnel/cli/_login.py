@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ async def login(
     client_secret: str,
     base_url: str,
     store: TokenStore,
+    network: Mapping[str, Any],
     port: int,
     open_browser: bool,
     show: Callable[[str, str], None],
@@ -80,6 +82,7 @@ async def login(
         client_secret=client_secret,
         redirect_uri=redirect_uri,
         base_url=base_url,
+        **network,
     )
     await store.save(token)
     return token
