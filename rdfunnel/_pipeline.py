@@ -2,6 +2,7 @@
 
 ``Pipeline.send``
     reads the answer and records the attempts, on the result or on the error, in one place;
+    a call's own deadline (``timeout=``) holds everything below it;
 ``_send_handling_retries``
     obeys :meth:`RetryPolicy.decide`, waiting
     (an account-wide 429 pauses every request of the client) and logging each retry.
@@ -19,9 +20,12 @@ patches inside them) sees every attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
+
+from multidict import CIMultiDict
 
 from .__about__ import __version__
 from ._clock import Clock
@@ -29,7 +33,13 @@ from ._observe import Observer
 from ._privacy import masked_path
 from ._quota import SpentQuotas
 from ._transport import Answer, Request, Transport
-from .errors import APIError, QuotaExceededError, RateLimitError, RDStationError
+from .errors import (
+    APIError,
+    QuotaExceededError,
+    RateLimitError,
+    RDStationError,
+    RequestTimeoutError,
+)
 from .events import AttemptEnded, CallEnded, CallStarted, ClientPaused, RateLimited, RetryScheduled
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
@@ -68,6 +78,7 @@ class _Call:
     __slots__ = (
         "attempts",
         "auth",
+        "deadline",
         "replayed",
         "request",
         "resend_limiter",
@@ -87,6 +98,8 @@ class _Call:
         self.replayed = False
         self.token = ""
         self.status: int | None = None  # the last answer's
+        #: When the call's own ``timeout=`` passes, on the client's clock (None: never).
+        self.deadline: float | None = None
 
 
 class Pipeline:
@@ -145,7 +158,8 @@ class Pipeline:
 
         ``auth`` (None for token requests) supplies the bearer token. ``resend_limiter`` is a
         further limiter every re-send must pass: a bulk run's own cap, whose engine admits first
-        sends itself.
+        sends itself. A ``request.deadline`` ends the call, wherever it is, in a
+        :class:`RequestTimeoutError`.
         """
         self._transport.session  # a closed client fails here, unsent  # noqa: B018
         call = _Call(request, auth, resend_limiter)
@@ -155,7 +169,11 @@ class Pipeline:
         timed = observer.wants(CallEnded)
         started = self._clock.monotonic() if timed else 0.0
         try:
-            value = read(await self._send_handling_retries(call))
+            if request.deadline is None:
+                answer = await self._send_handling_retries(call)
+            else:
+                answer = await self._send_within_deadline(call, request.deadline)
+            value = read(answer)
         except BaseException as error:
             if isinstance(error, RDStationError):
                 error.attempts = call.attempts
@@ -167,6 +185,32 @@ class Pipeline:
             self._call_ended(call, started, None)
         return value, call.attempts
 
+    async def _send_within_deadline(self, call: _Call, seconds: float) -> Answer:
+        """The call, cut at its deadline wherever it is: waiting for a token, a rate slot, a
+        connection, a backoff or an answer. A token refresh it waits for goes on for the others:
+        the refresh is a task of its own, which the call only waits on."""
+        call.deadline = self._clock.monotonic() + seconds
+        try:
+            async with asyncio.timeout(seconds) as scope:
+                return await self._send_handling_retries(call)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # not ours
+            raise self._deadline_passed(call, seconds) from None
+
+    def _deadline_passed(
+        self, call: _Call, seconds: float, last: RDStationError | None = None
+    ) -> RequestTimeoutError:
+        request = call.request
+        where = masked_path(request.url.raw_path)  # never a contact's address in a message
+        after = f"; the last attempt met {_reason(last)}" if last is not None else ""
+        error = RequestTimeoutError(
+            f"{request.method} {where} did not finish within the call's timeout of {seconds:g} s "
+            f"(retries and waits included){after}"
+        )
+        error.__cause__ = last
+        return error
+
     async def _send_handling_retries(self, call: _Call) -> Answer:
         while True:
             outcome = await self._send_handling_auth(call)
@@ -175,6 +219,11 @@ class Pipeline:
             wait = self._retry.decide(outcome, call.retries)
             if wait is None:
                 raise outcome
+            deadline = call.deadline
+            if deadline is not None and self._clock.monotonic() + wait >= deadline:
+                # The retry could not start in time: say so now rather than wait to be cut.
+                assert call.request.deadline is not None
+                raise self._deadline_passed(call, call.request.deadline, outcome)
             call.retries += 1
             self._retrying(call, _reason(outcome), wait)
             if isinstance(outcome, RateLimitError) and outcome.scope == "account":
@@ -224,7 +273,9 @@ class Pipeline:
             call.token = await auth.access_token()
             await self._limiter.acquire()
             self._quotas.check(request.key)  # spent while this request waited: never send it
-            headers = self._bearer_headers(call.token)
+            headers: Mapping[str, str] = self._bearer_headers(call.token)
+            if request.headers:  # the call's own, checked not to replace the bearer's
+                headers = _merged(headers, request.headers)
         else:
             await self._limiter.acquire()
             headers = {**(request.headers or {}), "User-Agent": self._user_agent}
@@ -313,6 +364,13 @@ class Pipeline:
 
 #: What came back with a status: an answer, or an error answer.
 _ANSWERED = (Answer, APIError)
+
+
+def _merged(headers: Mapping[str, str], extra: Mapping[str, str]) -> CIMultiDict[str]:
+    """``headers`` with ``extra`` added, each name once whatever its case."""
+    merged = CIMultiDict(headers)
+    merged.update(extra)
+    return merged
 
 
 def _past_auth(status: int) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ValidationError
 from .models import NOT_SET, Funnel, FunnelUpdate, LifecycleStage
@@ -92,7 +93,10 @@ converter.register_structure_hook(LifecycleStage | str | None, _stage)
 converter.register_structure_hook(int | str | None, _score)
 converter.register_structure_hook(bool | None, _optional_bool)
 converter.register_structure_hook(str | None, _optional_str)
-converter.register_structure_hook(Funnel, make_dict_structure_fn(Funnel, converter))
+# The request id comes from the answer's headers, never from its body.
+converter.register_structure_hook(
+    Funnel, make_dict_structure_fn(Funnel, converter, request_id=override(omit=True))
+)
 
 
 def _unstructure_update(update: FunnelUpdate) -> dict[str, Any]:
@@ -109,9 +113,11 @@ def _unstructure_update(update: FunnelUpdate) -> dict[str, Any]:
 converter.register_unstructure_hook(FunnelUpdate, _unstructure_update)
 
 
-def funnel_from_json(payload: Any) -> Funnel:
-    """A :class:`Funnel` from a decoded body; a body that is not an object reads as empty."""
-    return converter.structure(payload if isinstance(payload, dict) else {}, Funnel)
+def funnel_from_json(payload: Any, request_id: str | None = None) -> Funnel:
+    """A :class:`Funnel` from a decoded body (one that is not an object reads as empty), and
+    the request id of the answer it came in."""
+    funnel = converter.structure(payload if isinstance(payload, dict) else {}, Funnel)
+    return funnel if request_id is None else attrs.evolve(funnel, request_id=request_id)
 
 
 def update_to_json(update: FunnelUpdate, clear_owner_as: ClearOwnerAs = "string") -> dict[str, Any]:

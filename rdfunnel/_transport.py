@@ -39,6 +39,7 @@ class Request:
         "bulk_run",
         "contact",
         "data",
+        "deadline",
         "fields",
         "headers",
         "key",
@@ -64,6 +65,7 @@ class Request:
         contact: Contact | None = None,
         bulk_run: int | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        deadline: float | None = None,
         redirects: bool = True,
     ) -> None:
         self.method = method
@@ -74,6 +76,7 @@ class Request:
         self.route = route
         self.data = data
         self.params = params
+        #: A token request's headers; an API request's own (``headers=``), added to the bearer's.
         self.headers = headers
         #: Whom the request is about, and the key of the quota it counts against (besides the
         #: account's).
@@ -84,6 +87,8 @@ class Request:
         self.fields: dict[str, Any] | None = None
         #: Each attempt's limit (None: the transport's own).
         self.timeout = timeout
+        #: Seconds the whole call may take, retries and waits included (None: no limit).
+        self.deadline = deadline
         #: Whether to follow redirects: never for token requests, whose bodies hold secrets.
         self.redirects = redirects
 

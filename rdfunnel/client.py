@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -15,6 +14,7 @@ from . import _credentials
 from ._clock import SYSTEM_CLOCK, Clock
 from ._network import DEFAULT_CONNECTION_LIMIT, SSLSetting, network_settings
 from ._observe import Hook, Observer
+from ._options import call_options, check_seconds
 from ._pipeline import USER_AGENT, Pipeline
 from ._privacy import route_of
 from ._refresh import OnTokenRefresh, StaticToken, TokenManager
@@ -37,6 +37,8 @@ __all__ = [
     "RDStation",
     "funnel_path",
 ]
+
+T = TypeVar("T")
 
 
 #: What :meth:`RDStation.from_env` reads: (argument, environment variable).
@@ -112,8 +114,8 @@ class RDStation:
             raise ValidationError(f"clock must be a Clock, got {clock!r}")
         hooks = _checked_hooks(hooks)
         if timeout is not None:
-            timeout = _check_seconds("timeout", timeout, zero=False)
-        refresh_leeway = _check_seconds("refresh_leeway", refresh_leeway)
+            timeout = check_seconds("timeout", timeout, zero=False)
+        refresh_leeway = check_seconds("refresh_leeway", refresh_leeway)
         if not isinstance(base_url, str):
             raise ValidationError(f"base_url must be a str, got {base_url!r}")
         base_url = check_url(base_url, "base_url")
@@ -226,10 +228,13 @@ class RDStation:
         *,
         json: Any = None,
         params: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's deadline, kept by the pipeline
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Call any other RD Station endpoint with the same auth, retries, limits and errors.
 
         ``path`` starts with ``/`` and is relative to ``base_url``; returns the decoded JSON body.
+        ``timeout`` and ``headers`` are this call's own (see :meth:`Funnels.get`).
         """
         if not isinstance(method, str) or not method.isalpha():
             raise ValidationError(f"method must be an HTTP method such as 'GET', got {method!r}")
@@ -237,14 +242,18 @@ class RDStation:
             raise ValidationError(f"path must be a str starting with '/', got {path!r}")
         if params is not None and not isinstance(params, Mapping):
             raise ValidationError(f"params must be a mapping, got {params!r}")
+        deadline, extra = call_options(timeout, headers)
         payload, _ = await self._send(
             method.upper(),
             path,
+            Answer.json,
             operation="request",
             route=route_of(path),
             json=json,
             params=params,
             encoded=False,
+            deadline=deadline,
+            headers=extra,
         )
         return payload
 
@@ -257,6 +266,7 @@ class RDStation:
         self,
         method: str,
         path: str,
+        read: Callable[[Answer], T],
         *,
         operation: str,
         route: str,
@@ -266,10 +276,14 @@ class RDStation:
         contact: Contact | None = None,
         bulk_run: int | None = None,
         resend_limiter: RateLimiter | None = None,
-    ) -> tuple[Any, int]:
-        """One API request through the pipeline: its decoded JSON body and how often it was sent.
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[T, int]:
+        """One API request through the pipeline: what ``read`` makes of the answer, and how
+        often it was sent.
 
-        ``path`` is taken as already percent-encoded unless ``encoded`` is False.
+        ``path`` is taken as already percent-encoded unless ``encoded`` is False; ``deadline``
+        and ``headers`` are the call's own (checked by :func:`call_options`).
         """
         request = Request(
             method,
@@ -278,11 +292,13 @@ class RDStation:
             route=route,
             data=None if json is None else dumps(json),
             params=params,
+            headers=headers,
             contact=contact,
             bulk_run=bulk_run,
+            deadline=deadline,
         )
         return await self._pipeline.send(
-            request, Answer.json, auth=self._tokens, resend_limiter=resend_limiter
+            request, read, auth=self._tokens, resend_limiter=resend_limiter
         )
 
 
@@ -339,17 +355,3 @@ def _check_optional_str(name: str, value: object) -> None:
 def _check_type(name: str, value: object, kind: type) -> None:
     if value is not None and not isinstance(value, kind):
         raise ValidationError(f"{name} must be a {kind.__name__}, got {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, zero: bool = True) -> float:
-    """``value`` as seconds: a finite number, >= 0 (or > 0 unless ``zero``)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        bound = ">= 0" if zero else "> 0"
-        raise ValidationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-    return float(value)

@@ -80,7 +80,7 @@ class TransportError(RDStationError):
 
 
 class RequestTimeoutError(TransportError):
-    """The request did not get an answer in time."""
+    """The request did not get an answer in time, or the call's own ``timeout=`` passed."""
 
 
 class CertificateError(TransportError):
@@ -121,6 +121,11 @@ class APIError(RDStationError):
         self.body = body
         self.headers: Mapping[str, str] = CIMultiDict(headers or {})
         super().__init__(self._describe())
+
+    @property
+    def request_id(self) -> str | None:
+        """RD's id for the request that got this answer (quote it to RD's support), if sent."""
+        return request_id_of(self.headers)
 
     @property
     def error_type(self) -> str | None:
@@ -259,6 +264,20 @@ class ServerError(APIError):
 
 class UnexpectedStatusError(APIError):
     """A status rdfunnel has no better name for."""
+
+
+#: Where an answer names its request: RD's application (``X-Request-Id``), else the AWS API
+#: gateway in front of it (``x-amzn-RequestId``). Which one RD sends is unconfirmed: both are read.
+REQUEST_ID_HEADERS = ("X-Request-Id", "x-amzn-RequestId")
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The request id an answer's headers carry (case-insensitive ``headers``), or None."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

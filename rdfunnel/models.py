@@ -217,3 +217,6 @@ class Funnel:
     contact_owner_email: str | None = None
     fit: int | str | None = None
     interest: int | str | None = None
+    #: RD's id for the request that answered (quote it to RD's support), when RD sent one. It
+    #: describes the answer, not the funnel: equality, hashing and ``repr`` leave it out.
+    request_id: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)

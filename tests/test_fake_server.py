@@ -771,6 +771,8 @@ async def test_every_answer_carries_its_own_request_id(fake: FakeRDStation, http
     refused = await send(http, "POST", fake.url + "/auth/token", json={"refresh_token": "x"})
     ids = [reply.headers.get("X-Request-Id") for reply in (found, missing, refused)]
     assert all(ids) and len(set(ids)) == 3
+    error = missing.error()
+    assert isinstance(error, NotFoundError) and error.request_id == ids[1]
 
 
 async def test_the_fake_serves_tls_with_the_context_given(
