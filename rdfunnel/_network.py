@@ -17,7 +17,14 @@ import attrs
 from ._urls import is_loopback
 from .errors import ValidationError
 
-__all__ = ["DEFAULT_CONNECTION_LIMIT", "Network", "SSLSetting", "masked_url", "network_settings"]
+__all__ = [
+    "DEFAULT_CONNECTION_LIMIT",
+    "Network",
+    "SSLSetting",
+    "environment_proxy",
+    "masked_url",
+    "network_settings",
+]
 
 #: Connections the session rdfunnel opens keeps at most, by default: room for a bulk run of 256
 #: workers (aiohttp's own default is 100). Waiting for one never counts against a timeout.
@@ -89,6 +96,18 @@ def _checked_proxy(proxy: object) -> str:
             f"'http://proxy.example:3128', got {masked_url(proxy)!r}"
         )
     return proxy
+
+
+def environment_proxy(variable: str, value: str) -> str:
+    """The proxy an environment variable names, ``http://`` added when it names no scheme (as
+    curl reads ``HTTPS_PROXY=proxy:3128``); a ValidationError naming the variable otherwise."""
+    proxy = value if "://" in value else f"http://{value}"
+    try:
+        return _checked_proxy(proxy)
+    except ValidationError:
+        raise ValidationError(
+            f"{variable} must name an http:// or https:// proxy, got {masked_url(value)!r}"
+        ) from None
 
 
 def _checked_trust_env(trust_env: object) -> bool:

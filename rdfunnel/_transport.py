@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ._network import Network, masked_url
+from ._network import Network, environment_proxy, masked_url
 from ._privacy import masked_path, scrub
 from ._serde import loads
 from .errors import (
@@ -232,8 +232,11 @@ class Transport:
         key = (url.scheme, url.host or "", url.explicit_port)
         if key not in self._env_proxies:
             proxies = urllib.request.getproxies_environment()
+            proxy = proxies.get(url.scheme)
+            if proxy is not None:
+                proxy = environment_proxy(f"{url.scheme.upper()}_PROXY", proxy)
             exempt = _no_proxy(proxies.get("no", ""), url.host or "", url.port)
-            self._env_proxies[key] = None if exempt else proxies.get(url.scheme)
+            self._env_proxies[key] = None if exempt else proxy
         return self._env_proxies[key]
 
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import stat
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import attrs
 import pytest
+import trustme
 
 from rdfunnel.testing import FakeRDStation, Faults
 
@@ -769,3 +771,19 @@ async def test_a_bad_proxy_is_a_usage_error(cli: Cli, fake: FakeRDStation, value
     assert "proxy must be an http:// or https:// URL" in result.stderr
     assert "s3cret" not in result.output
     assert fake.stats.count() == 0
+
+
+async def test_ssl_cert_file_makes_the_command_trust_a_ca_of_ones_own(
+    tmp_path: Path, ca: trustme.CA, server_ssl: ssl.SSLContext
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with FakeRDStation(contacts=2, ssl=server_ssl) as fake:
+        cli = Cli(fake, tmp_path)
+        refused = await cli("funnel", "get", "contact-1@example.com")
+        assert refused.code == FAILED
+        assert "CertificateError" in refused.stderr and "SSL_CERT_FILE" in refused.stderr
+
+        result = await cli("funnel", "get", "contact-1@example.com", SSL_CERT_FILE=str(bundle))
+        assert result.code == OK, result.stderr
+        assert fake.stats.count("funnels.get", 200) == 1

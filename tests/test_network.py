@@ -190,6 +190,26 @@ async def test_trust_env_honours_no_proxy(
     assert fake.stats.count("funnels.get", 200) == 1
 
 
+async def test_an_environment_proxy_without_a_scheme_is_http(
+    proxy: ForwardProxy, clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("HTTP_PROXY", proxy.url.removeprefix("http://"))
+    async with FakeRDStation(contacts=1) as fake, fake.client(trust_env=True) as rd:
+        await rd.funnels.get(CONTACT)
+    assert len(proxy.requests) == 2
+
+
+async def test_an_environment_proxy_that_is_not_http_is_refused_naming_the_variable(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("HTTP_PROXY", "socks5://ana:s3cret@proxy.example:1080")
+    async with FakeRDStation(contacts=1) as fake, fake.client(trust_env=True) as rd:
+        with pytest.raises(ValidationError, match="HTTP_PROXY must name an http") as caught:
+            await rd.funnels.get(CONTACT)
+        assert fake.stats.count() == 0
+    assert "s3cret" not in str(caught.value)
+
+
 async def test_the_environment_is_ignored_without_trust_env(
     proxy: ForwardProxy, clean_env: pytest.MonkeyPatch
 ) -> None:
