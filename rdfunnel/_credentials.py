@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from ._options import check_optional_str
 from .errors import ValidationError
 from .tokens import Token, TokenStore
 
@@ -39,8 +40,8 @@ Credentials = AppCredentials | StaticCredentials
 
 def app_credentials(client_id: str | None, client_secret: str | None) -> tuple[str, str] | None:
     """The app's id and secret, or None when neither is given; one without the other is an error."""
-    _check_str("client_id", client_id)
-    _check_str("client_secret", client_secret)
+    check_optional_str("client_id", client_id)
+    check_optional_str("client_secret", client_secret)
     if not (client_id or client_secret):
         return None
     if not (client_id and client_secret):
@@ -58,8 +59,8 @@ def resolve(
     token_store: TokenStore | None = None,
 ) -> Credentials:
     """What ``RDStation(...)``'s credential arguments amount to, or the error that says why not."""
-    _check_str("refresh_token", refresh_token)
-    _check_str("access_token", access_token)
+    check_optional_str("refresh_token", refresh_token)
+    check_optional_str("access_token", access_token)
     if token is not None and not isinstance(token, Token):
         # The type only: a string here is likely an access token.
         raise ValidationError(f"token must be a Token, got {type(token).__name__}")
@@ -85,9 +86,3 @@ def resolve(
         "RDStation needs credentials: client_id, client_secret and refresh_token "
         "(or token/token_store), or an access_token"
     )
-
-
-def _check_str(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        # The type only: the value may be a secret.
-        raise ValidationError(f"{name} must be a str, got {type(value).__name__}")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from .errors import ValidationError
 
-__all__ = ["call_options", "check_seconds"]
+__all__ = ["call_options", "check_optional_str", "check_seconds"]
 
 #: What a header name may hold (RFC 9110 ``token``).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -18,6 +18,12 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS = frozenset(
     ("authorization", "content-type", "content-length", "host", "transfer-encoding")
 )
+
+
+def check_optional_str(name: str, value: object) -> None:
+    """``value`` is None or a str; the error names the type only: the value may be a secret."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"{name} must be a str, got {type(value).__name__}")
 
 
 def check_seconds(name: str, value: object, *, zero: bool = True) -> float:

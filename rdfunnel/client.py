@@ -14,7 +14,7 @@ from . import _credentials
 from ._clock import SYSTEM_CLOCK, Clock
 from ._network import DEFAULT_CONNECTION_LIMIT, SSLSetting, network_settings
 from ._observe import Hook, Observer
-from ._options import call_options, check_seconds
+from ._options import call_options, check_optional_str, check_seconds
 from ._pipeline import USER_AGENT, Pipeline
 from ._privacy import route_of
 from ._refresh import OnTokenRefresh, StaticToken, TokenManager
@@ -103,7 +103,7 @@ class RDStation:
         hooks: Iterable[Hook] = (),
         log_contacts: bool = False,
     ) -> None:
-        _check_optional_str("token_url", token_url)
+        check_optional_str("token_url", token_url)
         _check_type("session", session, aiohttp.ClientSession)
         _check_type("retry", retry, RetryPolicy)
         if on_token_refresh is not None and not callable(on_token_refresh):
@@ -344,12 +344,6 @@ def _checked_hooks(hooks: object) -> tuple[Hook, ...]:
         if not callable(hook):
             raise ValidationError(f"each hook must be callable, got {hook!r}")
     return checked
-
-
-def _check_optional_str(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        # The type only: the value may be a secret.
-        raise ValidationError(f"{name} must be a str, got {type(value).__name__}")
 
 
 def _check_type(name: str, value: object, kind: type) -> None:
