@@ -40,7 +40,7 @@ class Network:
 
     #: Every request goes through this proxy (None: none, or the environment's with trust_env).
     proxy: str | None = None
-    #: Read ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (and ``~/.netrc``), as aiohttp does.
+    #: Read ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (once per host; never ``~/.netrc``).
     trust_env: bool = False
     #: aiohttp's ``ssl=``: True (the system's CAs), an SSLContext, or False (no checks).
     ssl: _ssl.SSLContext | bool = True
