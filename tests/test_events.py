@@ -314,3 +314,28 @@ async def test_events_no_hook_wants_are_never_built(
         await rd.funnels.get(ANA)
     assert {type(event) for event in seen.events} == {AttemptEnded}
     assert built == []
+
+
+async def test_log_contacts_shows_them_in_full_in_logs_too(
+    wire: aioresponses, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rdfunnel")
+    url = "https://api.rd.services/platform/contacts/email:ana.maria@example.com/funnels/default"
+    wire.get(url, status=503)
+    wire.get(url, payload={"lifecycle_stage": "Lead"})
+    async with RDStation(access_token="t", retry=FAST, clock=clock, log_contacts=True) as rd:
+        await rd.funnels.get(ANA)
+    [retry] = [r for r in caplog.records if getattr(r, "event", None) == "retry_scheduled"]
+    assert retry.contact == ANA  # type: ignore[attr-defined]
+
+
+async def test_token_revocation_is_a_call_of_its_own(
+    fake: FakeRDStation, clock: VirtualClock
+) -> None:
+    seen = Recorder()
+    async with fake.client(clock=clock, retry=FAST, hooks=[seen]) as rd:
+        await rd.funnels.get(ANA)
+        await rd.revoke()
+    operations = [event.operation for event in seen.of(CallEnded)]
+    assert operations == ["token.refresh", "funnels.get", "token.revoke"]
+    assert seen.of(CallStarted)[-1].route == "/auth/revoke"

@@ -389,3 +389,24 @@ async def test_a_timeout_of_the_attempt_still_names_its_seconds() -> None:
         fake.faults = Faults(slow=1.0, slow_seconds=5)
         with pytest.raises(RequestTimeoutError, match=r"got no answer within 0\.05 s"):
             await rd.funnels.get(CONTACT)
+
+
+async def test_the_session_rdfunnel_opens_has_room_for_256_connections() -> None:
+    from rdfunnel._network import DEFAULT_CONNECTION_LIMIT
+
+    assert DEFAULT_CONNECTION_LIMIT == 256
+    async with RDStation(access_token="t") as rd:
+        connector = rd._transport.session.connector
+        assert connector is not None and connector.limit == 256
+    async with RDStation(access_token="t", connection_limit=300) as rd:
+        connector = rd._transport.session.connector
+        assert connector is not None and connector.limit == 300
+
+
+def test_what_stops_a_bulk_run() -> None:
+    from rdfunnel.errors import CertificateError, ServerError
+    from rdfunnel.tokens import TokenStoreError
+
+    assert CertificateError("bad CA").terminal
+    assert TokenStoreError("store broken").terminal
+    assert not ServerError(503).terminal
