@@ -410,3 +410,23 @@ def test_what_stops_a_bulk_run() -> None:
     assert CertificateError("bad CA").terminal
     assert TokenStoreError("store broken").terminal
     assert not ServerError(503).terminal
+
+
+@pytest.mark.parametrize(
+    ("rule", "host", "port", "exempt"),
+    [
+        ("*", "api.rd.services", 443, True),
+        ("rd.services", "api.rd.services", 443, True),
+        (".rd.services", "api.rd.services", 443, True),
+        ("other.example, rd.services", "API.RD.Services", None, True),
+        ("services.example", "api.rd.services", 443, False),
+        ("d.services", "api.rd.services", 443, False),  # a suffix, not a domain
+        ("api.rd.services:8443", "api.rd.services", 443, False),
+        ("api.rd.services:443", "api.rd.services", 443, True),
+        ("", "api.rd.services", 443, False),
+    ],
+)
+def test_no_proxy_rules(rule: str, host: str, port: int | None, exempt: bool) -> None:
+    from rdfunnel._transport import _no_proxy
+
+    assert _no_proxy(rule, host, port) is exempt
